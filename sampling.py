@@ -1,0 +1,53 @@
+"""The one token sampler, used by training rollouts, evaluation and live play.
+
+Argmax is never the default (shared/WORLD_MODEL_NOTES.md section 2): greedy decoding
+collapses onto a few codes at the first autoregressive step.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sampler:
+    temperature: float = 1.0  # <= 0 means greedy (argmax), an explicit opt-in
+    top_k: int = 50           # 0 disables
+    top_p: float = 1.0        # 1.0 disables
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def __call__(self, logits, generator=None):
+        return sample_tokens(logits, self.temperature, self.top_k, self.top_p, generator)
+
+    def describe(self) -> str:
+        if self.greedy:
+            return "greedy"
+        return f"T={self.temperature:.2f} top-k={self.top_k or 'off'} top-p={self.top_p:.2f}"
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """Mask logits [..., K] outside the top-k and the top-p nucleus to -inf."""
+    if top_k and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, generator=None):
+    """logits [B, K, H, W] over the codebook -> sampled codes [B, H, W] (int64)."""
+    if temperature <= 0:
+        return logits.argmax(dim=1)
+    B, K, H, W = logits.shape
+    flat = logits.float().permute(0, 2, 3, 1).reshape(-1, K) / temperature
+    probs = torch.softmax(filter_logits(flat, top_k, top_p), dim=-1)
+    codes = torch.multinomial(probs, 1, generator=generator).view(B, H, W)
+    return codes
