@@ -120,11 +120,14 @@ def load_yaml(path):
 def build_parser(cls, description=None):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of overrides (applied before the flags below)")
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar="VALUE",
-                            help=f"{f.metadata.get('help', '')} (default: {shown})")
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        bare = dict(nargs="?", const="true") if _unwrap_optional(hints[f.name])[0] is bool else {}  # `--resume`
+        parser.add_argument(*names, dest=f.name, default=None, metavar="VALUE", **bare,
+                            help=f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%"))
     return parser
 
 

@@ -115,3 +115,24 @@ def test_logger_off_and_offline_write_the_same_rows(tmp_path):
         rows = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
         assert rows == ['{"step": 3, "losses/ce": 1.5}']
     assert any((tmp_path / "offline" / "wandb").iterdir())
+
+
+def test_bare_bool_flags_and_dashed_names():
+    cfg = parse_config(DemoConfig, ["--resume", "--lr", "0.5"])
+    assert cfg.resume is True and cfg.lr == 0.5
+    @dataclasses.dataclass
+    class Dashed:
+        side_by_side: bool = opt(False, "show both, 100% of the time")
+    assert parse_config(Dashed, ["--side-by-side"]).side_by_side is True
+    assert parse_config(Dashed, ["--side_by_side", "false"]).side_by_side is False
+
+
+def test_sampler_matches_the_top_k_distribution():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 20, 1, 1).repeat(4000, 1, 1, 1)
+    codes = sample_tokens(logits, temperature=1.0, top_k=3).flatten()
+    top3 = torch.topk(logits[0, :, 0, 0], 3)
+    expected = torch.softmax(top3.values, 0)
+    freq = torch.stack([(codes == i).float().mean() for i in top3.indices])
+    assert torch.allclose(freq, expected, atol=0.03)
+    assert freq.sum() == 1.0
