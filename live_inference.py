@@ -516,25 +516,8 @@ def play_loop(cfg: Config, s: Session, keymap, win):
         clock.tick(s.loop_fps)
 
 
-BOOL_FLAGS = [name for name, f in Config.__dataclass_fields__.items() if f.type in (bool, "bool")]
-
-
-def normalize_argv(argv: list[str]) -> list[str]:
-    """Let boolean options be bare flags (`--headless` = `--headless true`) and accept dashes in
-    names (`--side-by-side` = `--side_by_side`), on top of config.py's `--key value` form."""
-    out = []
-    for i, arg in enumerate(argv):
-        if arg.startswith("--"):
-            arg = "--" + arg[2:].replace("-", "_")
-        out.append(arg)
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if arg[2:] in BOOL_FLAGS and (nxt is None or nxt.startswith("--")):
-            out.append("true")
-    return out
-
-
 def main(argv=None):
-    cfg = parse_config(Config, normalize_argv(sys.argv[1:] if argv is None else argv), description=__doc__)
+    cfg = parse_config(Config, sys.argv[1:] if argv is None else argv, description=__doc__)
     print(format_config(cfg))
     if cfg.headless:
         run_headless(cfg)

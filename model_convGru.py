@@ -1,0 +1,235 @@
+"""Action-conditioned ConvGRU world model over VQ/FSQ token grids.
+
+Modules and the config dataclass only (no paths, argparse or loops over data).
+
+One step: tokens of frame t [B, h, w] + action a_t [B, A] -> logits over the codebook for
+frame t+1 [B, K, h, w]. The pieces, and why they are there (shared/WORLD_MODEL_NOTES.md):
+- token embedding + action/corruption planes -> a small conv stem (optionally stride 2, so the
+  recurrent cells run on a 4x smaller grid with twice the receptive field: a yaw step moves the
+  view several cells, and the recurrent convs are the sequential, un-batchable cost);
+- a stack of ConvGRU cells with GroupNorm on the gate pre-activations (stable long rollouts) and
+  FiLM from an action MLP on every layer at every step (actions cannot be ignored as easily as a
+  single input-concat, section 4);
+- the corruption level of the context (GameNGen-style noise augmentation) and an "action
+  present" flag are inputs of the same MLP, so the model knows how much to trust its input and
+  can be run unconditioned (action dropout -> guidance);
+- an inverse-dynamics head that predicts a_t from embeddings of frames t and t+1; applied to
+  the model's own soft predictions it makes the prediction carry the action;
+- a per-cell head onto the codebook logits, with a full-resolution skip from the stem.
+
+Speed: the cell is split into an input half (conv on x, done for all T steps of a
+teacher-forced sequence in one batched conv, with GroupNorm and FiLM) and a recurrent half
+(one conv on h producing all three gates' contributions at once). The reset gate multiplies the
+recurrent candidate term, as in torch.nn.GRU, so no second conv is needed after the reset.
+The only Python loops are over layers and time steps.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class WorldModelConfig:
+    # shape-defining sizes: always taken from the tokenizer / manifest, never defaulted
+    codebook_size: int
+    grid: tuple  # (h, w) token grid
+    action_dim: int
+    # architecture
+    embed_dim: int = 64       # token embedding width
+    hidden: int = 96          # ConvGRU channels
+    layers: int = 2           # ConvGRU cells
+    kernel: int = 3           # conv kernel of the cells
+    dilations: list = field(default_factory=lambda: [1, 2])  # per layer (cycled); widens the receptive field
+    downsample: bool = True   # run the cells at half resolution (stride-2 stem, pixel-shuffle back)
+    separable: bool = False   # depthwise-separable gate convs (cheaper at large hidden sizes)
+    groups_per_gate: int = 4  # GroupNorm groups per gate
+    action_hidden: int = 128  # width of the action/conditioning MLP
+    idm_hidden: int = 64      # inverse-dynamics head width
+
+
+def _gn(channels, groups):
+    groups = max(1, min(groups, channels))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
+
+
+class ConvGRUCell(nn.Module):
+    """ConvGRU with normalised gates and FiLM on the input half.
+
+    x-half: gx = FiLM(GN(Wx * x))  -> [z_x | r_x | n_x]  (batched over time by the caller)
+    h-half: gh = GN(Wh * h)        -> [z_h | r_h | n_h]
+    z = sig(z_x + z_h), r = sig(r_x + r_h), n = tanh(n_x + r * n_h), h' = (1 - z) * n + z * h
+    """
+
+    def __init__(self, cin, hidden, kernel, dilation, groups_per_gate, separable):
+        super().__init__()
+        pad = dilation * (kernel // 2)
+        self.hidden = hidden
+        def gate_conv(c):  # c -> 3 gates x hidden, all gates in one conv
+            if separable:  # depthwise k x k then pointwise: ~k*k times fewer multiply-adds at large widths
+                return nn.Sequential(nn.Conv2d(c, c, kernel, padding=pad, dilation=dilation, groups=c, bias=False),
+                                     nn.Conv2d(c, 3 * hidden, 1, bias=False))
+            return nn.Conv2d(c, 3 * hidden, kernel, padding=pad, dilation=dilation, bias=False)
+        self.wx, self.wh = gate_conv(cin), gate_conv(hidden)
+        # groups never straddle two gates: 3 gates x groups_per_gate groups
+        self.gn_x = nn.GroupNorm(3 * _gn(hidden, groups_per_gate).num_groups, 3 * hidden)
+        self.gn_h = nn.GroupNorm(3 * _gn(hidden, groups_per_gate).num_groups, 3 * hidden)
+        with torch.no_grad():  # bias the update gate towards keeping h early on (stable start)
+            self.gn_h.bias[:hidden].fill_(1.0)
+
+    def input_gates(self, x, gamma, beta):
+        """x [N, Cin, h, w], gamma/beta [N, 3C] -> gx [N, 3C, h, w] (N = B*T, batched)."""
+        gx = self.gn_x(self.wx(x))
+        return gx * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+    def recur(self, gx, h):
+        """One time step: gx [B, 3C, h, w] from input_gates, h [B, C, h, w] -> new h."""
+        gh = self.gn_h(self.wh(h))
+        zx, rx, nx = gx.chunk(3, dim=1)
+        zh, rh, nh = gh.chunk(3, dim=1)
+        z = torch.sigmoid(zx + zh)
+        r = torch.sigmoid(rx + rh)
+        n = torch.tanh(nx + r * nh)
+        return torch.lerp(n, h, z)  # (1 - z) * n + z * h
+
+
+class InverseDynamics(nn.Module):
+    """Predict the action a_t from embedded frames t and t+1 ([N, E, h, w] each) -> [N, A]."""
+
+    def __init__(self, embed_dim, hidden, action_dim):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * embed_dim, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), _gn(hidden, 8), nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.GELU())
+        self.out = nn.Linear(2 * hidden, action_dim)
+
+    def forward(self, e0, e1):
+        f = self.net(torch.cat([e0, e1, ], dim=1))
+        # mean and max pooling: the difference between frames can be anywhere in the view
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return self.out(pooled)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, A, E, C = cfg.codebook_size, cfg.action_dim, cfg.embed_dim, cfg.hidden
+        self.grid = tuple(cfg.grid)
+        self.cond_dim = A + 2  # action, action-present flag, corruption level
+        self.embed = nn.Embedding(K, E)
+        self.stem = nn.Sequential(
+            nn.Conv2d(E + self.cond_dim, C, 3, padding=1), _gn(C, 8), nn.GELU())
+        self.down = nn.Conv2d(C, C, 3, stride=2, padding=1) if cfg.downsample else nn.Identity()
+        self.cond_mlp = nn.Sequential(
+            nn.Linear(self.cond_dim, cfg.action_hidden), nn.GELU(),
+            nn.Linear(cfg.action_hidden, cfg.action_hidden), nn.GELU(),
+            nn.Linear(cfg.action_hidden, cfg.layers * 2 * 3 * C))
+        dil = list(cfg.dilations) or [1]
+        self.cells = nn.ModuleList([
+            ConvGRUCell(C, C, cfg.kernel, dil[i % len(dil)], cfg.groups_per_gate, cfg.separable)
+            for i in range(cfg.layers)])
+        # back to full resolution: pixel shuffle keeps sub-cell detail (which quarter moved where)
+        self.up = nn.Sequential(nn.Conv2d(C, 4 * C, 1), nn.PixelShuffle(2)) if cfg.downsample else nn.Identity()
+        self.head = nn.Sequential(_gn(C, 8), nn.Conv2d(C, C, 3, padding=1), nn.GELU())
+        # a Linear on channels-last features: logits come out with the codebook as the innermost
+        # dimension, so softmax / cross-entropy / sampling over K read contiguous memory
+        self.to_logits = nn.Linear(C, K)
+        self.idm = InverseDynamics(E, cfg.idm_hidden, A)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def state_grid(self):
+        h, w = self.grid
+        return ((h + 1) // 2, (w + 1) // 2) if self.cfg.downsample else (h, w)
+
+    def init_state(self, batch, device):
+        h, w = self.state_grid
+        return tuple(torch.zeros(batch, self.cfg.hidden, h, w, device=device) for _ in self.cells)
+
+    def cond_vector(self, actions, present=None, corruption=None):
+        """actions [..., A], present [...] (0 = action dropped), corruption [...] -> [..., A+2]."""
+        lead = actions.shape[:-1]
+        present = torch.ones(lead, device=actions.device) if present is None else present.to(actions.dtype)
+        corruption = torch.zeros(lead, device=actions.device) if corruption is None else corruption.to(actions.dtype)
+        actions = actions * present[..., None]
+        return torch.cat([actions, present[..., None], corruption[..., None]], dim=-1)
+
+    def soft_embed(self, logits):
+        """Expected embedding under the predicted distribution: logits [N, K, h, w] -> [N, E, h, w]."""
+        probs = torch.softmax(logits.permute(0, 2, 3, 1).float(), dim=-1).to(self.embed.weight.dtype)  # (N, h, w, K)
+        return (probs @ self.embed.weight).permute(0, 3, 1, 2)
+
+    def embed_tokens(self, tokens):
+        """tokens [N, h, w] int64 -> [N, E, h, w]"""
+        return self.embed(tokens).permute(0, 3, 1, 2)
+
+    def inverse_dynamics(self, e0, e1):
+        return self.idm(e0, e1)
+
+    # ------------------------------------------------------------------ sequence forward
+    def forward_sequence(self, tokens, actions, state=None, present=None, corruption=None):
+        """Teacher-forced over T input frames.
+
+        tokens [B, T, h, w] (frames t = 0..T-1), actions [B, T, A] (a_t takes frame t to t+1),
+        present [B, T] / corruption [B, T] or [B] optional.
+        Returns logits [B, T, K, h, w] (logits[:, t] predicts frame t+1) and the final state.
+        Only frames <= t and actions <= t reach logits[:, t]: the recurrence is causal in time and
+        each step's input is its own frame.
+        """
+        B, T, H, W = tokens.shape
+        N = B * T
+        if state is None:
+            state = self.init_state(B, tokens.device)
+        if corruption is not None and corruption.dim() == 1:
+            corruption = corruption[:, None].expand(B, T)
+        cond = self.cond_vector(actions, present, corruption).reshape(N, self.cond_dim)  # (N, A+2)
+        e = self.embed_tokens(tokens.reshape(N, H, W))                                     # (N, E, h, w)
+        planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
+        skip = self.stem(torch.cat([e, planes.to(e.dtype)], dim=1))                         # (N, C, h, w)
+        x = self.down(skip)                                                                 # (N, C, h', w')
+        C = self.cfg.hidden
+        film = self.cond_mlp(cond).view(N, len(self.cells), 2, 3 * C)                       # (N, L, 2, 3C)
+        new_state = []
+        for i, cell in enumerate(self.cells):
+            gx = cell.input_gates(x, film[:, i, 0], film[:, i, 1])                          # (N, 3C, h', w')
+            gx = gx.view(B, T, *gx.shape[1:])
+            h = state[i]
+            outs = []
+            for t in range(T):
+                h = cell.recur(gx[:, t], h)
+                outs.append(h)
+            new_state.append(h)
+            x = x + torch.stack(outs, dim=1).flatten(0, 1)  # residual across layers       # (N, C, h', w')
+        y = self.head(self.up(x)[:, :, :H, :W] + skip)                                     # (N, C, h, w)
+        logits = self.to_logits(y.permute(0, 2, 3, 1))                                      # (N, h, w, K)
+        # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)
+        return logits.view(B, T, H, W, -1).permute(0, 1, 4, 2, 3), tuple(new_state)
+
+    def forward(self, tokens, actions, state=None, present=None, corruption=None):
+        """Contract form: tokens [B, T, h, w], actions [B, T-1, A] -> logits [B, T-1, K, h, w];
+        logits[:, t] predicts tokens[:, t+1]. The last frame is never an input."""
+        assert actions.shape[1] == tokens.shape[1] - 1, "need T-1 actions for T frames"
+        return self.forward_sequence(tokens[:, :-1], actions, state, present, corruption)[0]
+
+    def step(self, tokens, action, state, present=None, corruption=None):
+        """Play: tokens [B, h, w] int64 (frame t), action [B, A] float (None = unconditioned),
+        state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state)."""
+        B = tokens.shape[0]
+        if action is None:
+            action = torch.zeros(B, self.cfg.action_dim, device=tokens.device)
+            present = torch.zeros(B, device=tokens.device)
+        if present is not None:
+            present = present.reshape(B, 1)
+        if corruption is not None:
+            corruption = torch.as_tensor(corruption, device=tokens.device, dtype=torch.float32).reshape(-1)
+            corruption = corruption.expand(B).reshape(B, 1)
+        logits, state = self.forward_sequence(tokens[:, None], action[:, None].float(), state, present, corruption)
+        return logits[:, 0], state
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())

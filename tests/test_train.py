@@ -1,0 +1,226 @@
+"""train.py on tiny synthetic token files: end to end, exact resume, DDP, start-up errors, no leak, perceptual grads."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from actions import A, ACTION_NAMES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K, GRID = 32, (6, 8)
+TINY = ["--tokenizer", "none", "--batch_size", "2", "--window", "6", "--embed_dim", "8", "--hidden", "16",
+        "--action_hidden", "16", "--idm_hidden", "8", "--eval_every", "0", "--strip_every", "0", "--log_every", "1",
+        "--val_fraction", "0.25", "--warmup_steps", "2", "--wandb", "off", "--rollout_schedule", "0:0,2:2"]
+
+
+def make_token_data(out, n_traj=4, length=24, codebook_size=K, grid=GRID, seed=0, shift=2):
+    """Token files in preprocess.py's format: a wide random 'world' of codes seen through a window
+    that yaw moves sideways (yaw +1 -> content shifts by `shift` cells), so action use is learnable."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = grid
+    trajs = []
+    for i in range(n_traj):
+        world = rng.integers(0, codebook_size, (h, 2 * w)).repeat(2, axis=1)
+        yaw = rng.choice([-1.0, 0.0, 1.0], size=length - 1)
+        actions = np.zeros((length - 1, len(ACTION_NAMES)), np.float32)
+        actions[:, A["yaw"]] = yaw
+        x, tokens = 0, []
+        for t in range(length):
+            tokens.append(world[:, (np.arange(w) + x) % world.shape[1]])
+            x += int(shift * yaw[t]) if t < length - 1 else 0
+        name = f"traj_{i:03d}.npz"
+        np.savez(os.path.join(out, name), tokens=np.array(tokens, np.uint16), actions=actions,
+                 action_mask=np.ones(len(ACTION_NAMES), np.float32), frame_index=np.arange(length),
+                 raw_degrees=np.zeros((length - 1, 2), np.float32))
+        trajs.append({"file": name, "length": length, "source": "gamefactory", "fps": 16.0, "source_fps": 16.0,
+                      "stride": 1, "video_path": "", "groundtruth": None})
+    manifest = {"version": 1, "action_names": list(ACTION_NAMES),
+                "tokenizer": {"hash": "synthetic", "codebook_size": codebook_size, "grid": list(grid),
+                              "frame_size": [4 * h, 4 * w], "path": ""},
+                "trajectories": trajs}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_token_data(tmp_path_factory.mktemp("tokens"))
+
+
+def losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss/total"] for r in map(json.loads, f) if "loss/total" in r}
+
+
+def test_end_to_end_subprocess_and_loader(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--data", data, "--out", str(out), "--max_steps", "3", *TINY,
+           "--eval_every", "3", "--eval_batch", "2", "--eval_context", "2", "--eval_rollout", "3"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    model, ckpt = train.load_world_model(str(out), "cpu")
+    assert not model.training and ckpt["step"] == 3
+    assert ckpt["model_args"]["codebook_size"] == K and tuple(ckpt["model_args"]["grid"]) == GRID
+    for key in ("config", "tokenizer", "action_names", "fps", "optimizer", "scaler", "rng", "curriculum", "data"):
+        assert key in ckpt
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert any("val/unique_ratio" in row and "val/action_response_yaw" in row for row in rows)
+    assert any("grad/action_over_dynamics" in row for row in rows)
+
+
+def test_resume_reproduces_uninterrupted_run(data, tmp_path):
+    full, half = str(tmp_path / "full"), str(tmp_path / "half")
+    common = ["--data", data, "--max_steps", "6", *TINY]
+    train.main(common + ["--out", full])
+    train.main(common + ["--out", half, "--stop_after", "3"])
+    assert max(losses(half)) == 3
+    train.main(common + ["--out", half, "--resume"])  # stop_after may change on resume (reported)
+    a, b = losses(full), losses(half)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):  # rollout steps (sampling) included: RNG and data position are restored
+        assert a[step] == b[step], (step, a[step], b[step])
+    with pytest.raises(SystemExit, match="(?s)refusing to resume.*lr: saved"):
+        train.main(common + ["--out", half, "--resume", "--lr", "0.1"])
+    with pytest.raises(SystemExit, match="already holds checkpoints"):
+        train.main(common + ["--out", half])
+
+
+def test_torchrun_two_processes_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "train.py", "--data", data, "--out", str(out),
+           "--max_steps", "2", "--device", "cpu", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert sorted(p for p in os.listdir(out) if p.startswith("ckpt_")) == ["ckpt_00000002.pt"]
+    assert len(torch.load(out / "ckpt_00000002.pt", weights_only=False)["rng"]) == 2
+
+
+def test_startup_errors(data, tmp_path):
+    base = ["--max_steps", "1", *TINY]
+    with pytest.raises(SystemExit, match="no manifest"):
+        train.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a"), *base])
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        train.main(["--data", str(bad), "--out", str(tmp_path / "b"), *base])
+    # the manifest claims fewer codes than the token files use
+    small = make_token_data(tmp_path / "small", n_traj=2)
+    m = json.load(open(os.path.join(small, "manifest.json")))
+    m["tokenizer"]["codebook_size"] = 8
+    json.dump(m, open(os.path.join(small, "manifest.json"), "w"))
+    with pytest.raises(SystemExit, match="codebook size 8"):
+        train.main(["--data", small, "--out", str(tmp_path / "c"), *base])
+
+
+def test_codebook_mismatch_with_tokenizer(tmp_path):
+    """Manifest says 32 codes, the tokenizer it names has 1000: refused at start-up."""
+    from vq_vae.model import VQVAE, VQVAEConfig
+    from vq_vae.tokenizer import export_tokenizer
+    tok_path = str(tmp_path / "tokenizer.pt")
+    export_tokenizer(VQVAE(VQVAEConfig(channels=[8, 8, 8], res_blocks=[0, 0, 0])), (24, 32), tok_path)
+    data = make_token_data(tmp_path / "tok", n_traj=2)
+    with pytest.raises(SystemExit, match="codebook size / grid mismatch"):
+        train.main(["--data", data, "--out", str(tmp_path / "o"), "--max_steps", "1", *TINY, "--tokenizer", tok_path])
+
+
+def tiny_objective(perceptual="off", codebook_size=K, **kw):
+    cfg = train.TrainConfig(embed_dim=8, hidden=16, action_hidden=16, idm_hidden=8, perceptual=perceptual, **kw)
+    mcfg = train.WorldModelConfig(codebook_size=codebook_size, grid=GRID, action_dim=len(ACTION_NAMES),
+                                  **{k: getattr(cfg, k) for k in train.MODEL_KEYS})
+    torch.manual_seed(0)
+    return train.Objective(train.WorldModel(mcfg), cfg)
+
+
+def test_training_inputs_never_contain_future_frames():
+    """Teacher forcing and rollouts: frames T0.. (the targets of the rollout) are never inputs, and the
+    prediction of frame t+1 does not change when frame t+1 changes."""
+    obj = tiny_objective(corruption_max=0.2, action_dropout=0.2)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (2, 7, *GRID), generator=g)
+    actions = torch.randn(2, 6, len(ACTION_NAMES), generator=g)
+    for rollout in (0, 3):
+        T0 = 6 - rollout
+        torch.manual_seed(1)
+        tf, ro, _ = obj.predict(tokens, actions, rollout)
+        for t in range(1, 7):
+            changed = tokens.clone()
+            changed[:, t:] = (changed[:, t:] + 5) % K  # frame t and later
+            torch.manual_seed(1)
+            tf2, ro2, _ = obj.predict(changed, actions, rollout)
+            # logits[:, i] predicts frame i+1 and may only see frames <= i
+            torch.testing.assert_close(tf2[:, :min(t, T0)], tf[:, :min(t, T0)], rtol=0, atol=0)
+            if rollout and t >= T0:
+                torch.testing.assert_close(ro2, ro, rtol=0, atol=0)
+
+
+class SoftDecodeStub:
+    """A differentiable stand-in for the tokenizer's decode_soft (probs -> image in [-1, 1])."""
+
+    def __init__(self):
+        torch.manual_seed(3)
+        self.proj = torch.randn(3, K)
+
+    def decode_soft(self, probs):
+        img = torch.einsum("ck,bkhw->bchw", self.proj, probs)
+        return torch.tanh(torch.nn.functional.interpolate(img, scale_factor=4))
+
+
+@pytest.mark.parametrize("tokenizer", ["stub", "vq_vae"])
+def test_perceptual_loss_gradient_reaches_world_model(tokenizer):
+    if tokenizer == "stub":
+        codes, decode_soft = K, SoftDecodeStub().decode_soft
+    else:  # the real decoder (untrained, tiny): what train.py calls through Tokenizer.decode_soft
+        from vq_vae.model import VQVAE, VQVAEConfig
+        torch.manual_seed(0)
+        vq = VQVAE(VQVAEConfig(channels=[8, 8, 8], res_blocks=[0, 0, 0])).requires_grad_(False)
+        codes, decode_soft = vq.quantizer.num_codes, vq.decode_soft
+    obj = tiny_objective(perceptual="l1", perceptual_frames=3, codebook_size=codes)
+    obj.tokenizer = type("T", (), {"decode_soft": staticmethod(decode_soft)})()
+    tokens = torch.randint(0, codes, (2, 4, *GRID))
+    logits = obj.model(tokens, torch.randn(2, 3, len(ACTION_NAMES)))
+    loss = obj.perceptual_loss(logits, tokens[:, 1:])
+    loss.backward()
+    head = obj.model.to_logits.weight.grad
+    cells = obj.model.cells[0].wx.weight.grad
+    assert head is not None and head.abs().sum() > 0
+    assert cells is not None and cells.abs().sum() > 0
+
+
+def test_sigterm_saves_and_exits_nonzero(data, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "train.py", "--data", data, "--out", str(out), "--max_steps", "100000", *TINY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "metrics.jsonl").exists():
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    model, ckpt = train.load_world_model(str(out), "cpu")
+    assert ckpt["step"] >= 1
+
+
+def test_nonfinite_losses_are_skipped_then_stop(data, tmp_path, monkeypatch):
+    real = train.Objective.forward
+
+    def nan_forward(self, tokens, actions, rollout):
+        loss, stats = real(self, tokens, actions, rollout)
+        return loss * float("nan"), stats
+    monkeypatch.setattr(train.Objective, "forward", nan_forward)
+    with pytest.raises(SystemExit, match="3 consecutive non-finite"):
+        train.main(["--data", data, "--out", str(tmp_path / "nan"), "--max_steps", "10", "--max_bad_steps", "3", *TINY])
