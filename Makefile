@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 	if [ -n "$(TORCH_INDEX)" ]; then \
 		$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) \
 			$$(grep -E '^(torch|torchvision)==' requirements.txt); fi
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --progress-bar on -r requirements.txt
 	$(PY) -c "import torch, torchvision, av, cv2, pygame; print('torch', torch.__version__, '| cuda available:', torch.cuda.is_available())"
 	touch $@
 
