@@ -1,6 +1,6 @@
 """The quickstart, end to end on the built-in sandbox: data -> tokenizer -> tokens -> world model -> report.
 
-    python demo.py            # (or `make demo`) about 17 minutes on a 2-core CPU
+    python demo.py            # (or `make demo`) about 14 minutes on a 2-core CPU
     python demo.py --fresh    # start over instead of skipping finished stages
 
 Each stage is skipped when its output is already there, so an interrupted demo picks up where it
