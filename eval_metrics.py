@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vq_vae import metrics as vq_metrics
+
 PSNR_CAP_DB = 100.0  # identical frames have infinite PSNR; averages use this cap so one perfect frame stays finite
 
 
@@ -38,34 +40,12 @@ def mean_psnr(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def _gaussian_taps(size=11, sigma=1.5) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(size, dtype=torch.float32) - size // 2) ** 2) / (2 * sigma ** 2))
-    return g / g.sum()
-
-
 def ssim(a, b, chunk=256) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, per channel, 'valid'
-    borders) between uint8 images [..., H, W, 3]. 1.0 for identical images. The Gaussian is applied
-    as two 1-D passes (separable), in float32."""
-    a, b = _as_float_images(a).float(), _as_float_images(b).float()
-    n, c, h, w = a.shape
-    size = min(11, h, w)
-    g = _gaussian_taps(size)
-    gx, gy = g.view(1, 1, 1, size).repeat(c, 1, 1, 1), g.view(1, 1, size, 1).repeat(c, 1, 1, 1)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-
-    def blur(x):
-        return F.conv2d(F.conv2d(x, gx, groups=c), gy, groups=c)
-
-    out = []
-    for i in range(0, n, chunk):
-        x, y = a[i:i + chunk], b[i:i + chunk]
-        mu_x, mu_y = blur(x), blur(y)
-        var_x = blur(x * x) - mu_x ** 2
-        var_y = blur(y * y) - mu_y ** 2
-        cov = blur(x * y) - mu_x * mu_y
-        s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-        out.append(s.mean(dim=(1, 2, 3)).double())
+    """Per-image SSIM between uint8 images [..., H, W, 3] (the tokenizer's SSIM: 11x11 Gaussian
+    window, sigma 1.5, 'valid' borders; smaller windows for tiny images). 1.0 for identical images."""
+    a, b = _as_float_images(a).float() / 127.5 - 1, _as_float_images(b).float() / 127.5 - 1
+    size = min(11, a.shape[2], a.shape[3])
+    out = [vq_metrics.ssim(a[i:i + chunk], b[i:i + chunk], size=size).double() for i in range(0, len(a), chunk)]
     return torch.cat(out).numpy()
 
 

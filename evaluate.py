@@ -574,23 +574,20 @@ def plot_all(out, ro, collapse, cf, cf_frames, truth_frames, horizons):
 
 
 def write_video(path, left, right, fps, scale, context=0):
-    """left | right uint8 [T, H, W, 3] side by side, H.264 (yuv420p). The first `context` frames are
-    real context on both sides."""
-    import av
+    """left | right uint8 [T, H, W, 3] side by side, H.264. The first `context` frames are real
+    context on both sides."""
     import cv2
+    from sandbox.formats import VideoWriter
     T, H, W, _ = left.shape
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=max(1, int(round(fps))))
-        stream.width, stream.height, stream.pix_fmt = 2 * W * scale, H * scale + 16, "yuv420p"
-        for t in range(T):
-            img = np.concatenate([left[t], right[t]], 1)
-            img = cv2.resize(img, (2 * W * scale, H * scale), interpolation=cv2.INTER_NEAREST)
-            bar = np.zeros((16, img.shape[1], 3), np.uint8)
-            label = f"context {t + 1}/{context}" if t < context else f"ground truth | prediction  step {t - context + 1}"
-            cv2.putText(bar, label, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.concatenate([bar, img], 0)), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    video = VideoWriter(path, 2 * W * scale, H * scale + 16, max(1, int(round(fps))), crf=18, preset="veryfast")
+    for t in range(T):
+        img = np.concatenate([left[t], right[t]], 1)
+        img = cv2.resize(img, (2 * W * scale, H * scale), interpolation=cv2.INTER_NEAREST)
+        bar = np.zeros((16, img.shape[1], 3), np.uint8)
+        label = f"context {t + 1}/{context}" if t < context else f"ground truth | prediction  step {t - context + 1}"
+        cv2.putText(bar, label, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        video.write(np.concatenate([bar, img], 0))
+    video.close()
 
 
 def at(values, h):

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -320,28 +319,19 @@ class Recorder:
     listed in `resets`), as in GameFactory metadata where entry 0 is a zero action."""
 
     def __init__(self, path: str, fps: float, width: int, height: int, meta: dict):
-        import av
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        from sandbox.formats import VideoWriter  # imported here: sandbox pulls in numba
         self.path, self.meta = path, meta
-        self.container = av.open(path, mode="w")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": "18", "preset": "veryfast"}
+        self.video = VideoWriter(path, width, height, fps, crf=18, preset="veryfast")
         self.actions, self.resets = [], []
 
     def write(self, frame: np.ndarray, action=None):
-        import av
         if action is None:
             self.resets.append(len(self.actions))
         self.actions.append([float(x) for x in (np.zeros(actions.ACTION_DIM) if action is None else action)])
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self.container.mux(packet)
+        self.video.write(frame)
 
     def close(self) -> str:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        self.video.close()
         sidecar = os.path.splitext(self.path)[0] + ".json"
         atomic_write_json(dict(self.meta, version=1, action_names=list(actions.ACTION_NAMES),
                                num_frames=len(self.actions), resets=self.resets, actions=self.actions), sidecar)
