@@ -40,7 +40,7 @@ class Config:
     tokenizer: str = opt("", "tokenizer file; empty = the path in the checkpoint, else the manifest's")
     untrained: bool = opt(False, "evaluate a freshly initialised model of the checkpoint's config (the baseline)")
     horizons: list[int] = opt([16, 32], "rollout steps at which PSNR/SSIM are summarised; the longest is rolled out")
-    episodes: int = opt(4, "held-out episodes (val trajectories in turn, a random start in each); teacher-forced "
+    episodes: int = opt(8, "held-out episodes (val trajectories in turn, a random start in each); teacher-forced "
                         "loss, rollouts and action tests all use their windows")
     context: int = opt(8, "real frames fed to the model before each rollout")
     temperature: float = opt(1.0, "sampling temperature of the rollouts (<= 0 = argmax)")

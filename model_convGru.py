@@ -13,6 +13,12 @@ frame t+1 [B, K, h, w]. The pieces, and why they are there (shared/WORLD_MODEL_N
 - the corruption level of the context (GameNGen-style noise augmentation) and an "action
   present" flag are inputs of the same MLP, so the model knows how much to trust its input and
   can be run unconditioned (action dropout -> guidance);
+- a learned, action-conditioned translation: a small MLP maps the conditioning to a sub-cell
+  offset (dx, dy), applied by linear interpolation (a spatial transformer restricted to shifts).
+  It moves the embedded frame (an extra input next to the unmoved one, so fixed overlays can stay
+  put) and every cell's recurrent state, so "this camera action moves the view 1.5 cells left" is
+  two numbers instead of something generic convs must assemble. Nothing about direction or size is
+  hard-coded: the offset starts at zero and is learned from the data;
 - an inverse-dynamics head that predicts a_t from embeddings of frames t and t+1; applied to
   the model's own soft predictions it makes the prediction carry the action;
 - a per-cell head onto the codebook logits, with a full-resolution skip from the stem.
@@ -47,6 +53,39 @@ class WorldModelConfig:
     groups_per_gate: int = 4  # GroupNorm groups per gate
     action_hidden: int = 128  # width of the action/conditioning MLP
     idm_hidden: int = 64      # inverse-dynamics head width
+    shift_radius: int = 3     # learned action-conditioned shift, +-cells on the token grid (0 = off)
+
+
+def shift_mix(x, kx, ky):
+    """Per-sample separable shift-and-mix: x [N, C, H, W], kx [N, 2R+1], ky [N, 2S+1] (rows sum
+    to 1) -> sum_j kx[j] * x[:, :, :, w + j - R], then the same along H with ky. Borders repeat the
+    edge (content entering the view is unknown; the convs after this fill it in)."""
+    out = x
+    for dim, k in ((3, kx), (2, ky)):
+        r = k.shape[1] // 2
+        if r == 0:
+            continue
+        n = out.shape[dim]
+        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
+        xp = F.pad(out, pad, mode="replicate")
+        k = k.to(out.dtype)
+        acc = 0
+        for j in range(2 * r + 1):
+            acc = acc + k[:, j, None, None, None] * xp.narrow(dim, j, n)
+        out = acc
+    return out
+
+
+def _tent(d, r):
+    """Offsets d [N] (|d| <= r) -> [N, 2r+1] linear-interpolation weights over taps -r..r: a shift by
+    d cells (bilinear sampling in 1-D). Built from floor(d) so the gradient reaches d at whole cells too."""
+    if r == 0:
+        return torch.ones(d.shape[0], 1, device=d.device, dtype=d.dtype)
+    pos = (d + r).clamp(0, 2 * r)
+    i = pos.detach().floor().clamp(max=2 * r - 1).long()
+    f = (pos - i).unsqueeze(1)
+    k = torch.zeros(d.shape[0], 2 * r + 1, device=d.device, dtype=d.dtype)
+    return k.scatter(1, i[:, None], 1 - f).scatter(1, i[:, None] + 1, f)
 
 
 def _gn(channels, groups):
@@ -122,8 +161,17 @@ class WorldModel(nn.Module):
         self.grid = tuple(cfg.grid)
         self.cond_dim = A + 2  # action, action-present flag, corruption level
         self.embed = nn.Embedding(K, E)
+        R = cfg.shift_radius
+        self.shift_radius = R
+        if R > 0:  # conditioning -> (dx, dy) in token cells; zero-initialised, so it starts as "no shift"
+            self.shift = nn.Sequential(nn.Linear(self.cond_dim, cfg.action_hidden), nn.GELU(),
+                                       nn.Linear(cfg.action_hidden, 2))
+            with torch.no_grad():
+                self.shift[-1].weight.zero_()
+                self.shift[-1].bias.zero_()
+        stem_in = (2 if R > 0 else 1) * E + self.cond_dim
         self.stem = nn.Sequential(
-            nn.Conv2d(E + self.cond_dim, C, 3, padding=1), _gn(C, 8), nn.GELU())
+            nn.Conv2d(stem_in, C, 3, padding=1), _gn(C, 8), nn.GELU())
         self.down = nn.Conv2d(C, C, 3, stride=2, padding=1) if cfg.downsample else nn.Identity()
         self.cond_mlp = nn.Sequential(
             nn.Linear(self.cond_dim, cfg.action_hidden), nn.GELU(),
@@ -168,6 +216,21 @@ class WorldModel(nn.Module):
         """tokens [N, h, w] int64 -> [N, E, h, w]"""
         return self.embed(tokens).permute(0, 3, 1, 2)
 
+    def shift_offsets(self, cond):
+        """cond [N, A+2] -> offsets [N, 2] (dx, dy) in token cells, within +-shift_radius: the view
+        takes its content from (x + dx, y + dy), so dx > 0 moves the picture left."""
+        R = self.shift_radius
+        return R * torch.tanh(self.shift(cond).float() / R)
+
+    def shift_kernels(self, cond):
+        """cond [N, A+2] -> ((kx, ky) on the token grid, (kx, ky) on the state grid), each [N, taps]:
+        linear-interpolation taps of one sub-cell translation (the state grid is half as fine)."""
+        d = self.shift_offsets(cond)
+        R = self.shift_radius
+        Rs = (R + 1) // 2 if self.cfg.downsample else R
+        s = 0.5 if self.cfg.downsample else 1.0
+        return (_tent(d[:, 0], R), _tent(d[:, 1], R)), (_tent(d[:, 0] * s, Rs), _tent(d[:, 1] * s, Rs))
+
     def inverse_dynamics(self, e0, e1):
         return self.idm(e0, e1)
 
@@ -190,7 +253,12 @@ class WorldModel(nn.Module):
         cond = self.cond_vector(actions, present, corruption).reshape(N, self.cond_dim)  # (N, A+2)
         e = self.embed_tokens(tokens.reshape(N, H, W))                                     # (N, E, h, w)
         planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
-        skip = self.stem(torch.cat([e, planes.to(e.dtype)], dim=1))                         # (N, C, h, w)
+        inputs = [e, planes.to(e.dtype)]
+        if self.shift_radius:
+            (kx, ky), (sx, sy) = self.shift_kernels(cond)
+            inputs.insert(1, shift_mix(e, kx, ky))                                          # frame t, moved
+            sx, sy = sx.view(B, T, -1), sy.view(B, T, -1)
+        skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
         film = self.cond_mlp(cond).view(N, len(self.cells), 2, 3 * C)                       # (N, L, 2, 3C)
@@ -201,6 +269,8 @@ class WorldModel(nn.Module):
             h = state[i]
             outs = []
             for t in range(T):
+                if self.shift_radius:
+                    h = shift_mix(h, sx[:, t], sy[:, t])  # the remembered view moves with the camera
                 h = cell.recur(gx[:, t], h)
                 outs.append(h)
             new_state.append(h)

@@ -89,3 +89,44 @@ def test_overfit_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses[::5]
+
+
+def test_shift_mix_is_a_translation():
+    from model_convGru import _tent, shift_mix
+    x = torch.randn(2, 3, 6, 10)
+    none = _tent(torch.zeros(2), 3)
+    torch.testing.assert_close(shift_mix(x, none, none), x, rtol=0, atol=0)
+    # a whole-cell offset takes content from (x + dx, y + dy); the edges repeat
+    out = shift_mix(x, _tent(torch.tensor([2.0, -1.0]), 3), _tent(torch.tensor([0.0, 1.0]), 3))
+    torch.testing.assert_close(out[0, :, :, :8], x[0, :, :, 2:])
+    torch.testing.assert_close(out[0, :, :, 8], x[0, :, :, 9])
+    torch.testing.assert_close(out[1, :, :5, 1:], x[1, :, 1:, :9])
+    # half a cell is the average of the two neighbours
+    half = shift_mix(x, _tent(torch.tensor([0.5, 0.5]), 3), none)
+    torch.testing.assert_close(half[..., :9], (x[..., :9] + x[..., 1:]) / 2)
+
+
+def test_camera_shift_is_learned_from_data():
+    """Frames are windows onto a wider random token world; action[0] (yaw) moves the window by
+    one cell. Starting from no shift, the offset module must learn the direction from the data."""
+    g = torch.Generator().manual_seed(3)
+    m = tiny()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    H, W = GRID
+    for _ in range(60):
+        world = torch.randint(0, K, (8, H, W + 8), generator=g)
+        yaw = torch.randint(-1, 2, (8, 3), generator=g)
+        pos = 4 + torch.cat([torch.zeros(8, 1, dtype=torch.long), yaw.cumsum(1)], 1)  # window start per frame
+        tokens = torch.stack([torch.stack([world[b, :, p:p + W] for p in pos[b].tolist()]) for b in range(8)])
+        actions = torch.zeros(8, 3, A)
+        actions[..., 0] = yaw.float()
+        logits = m(tokens, actions)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(0, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        a = torch.zeros(3, A)
+        a[:, 0] = torch.tensor([-1.0, 0.0, 1.0])
+        dx = m.shift_offsets(m.cond_vector(a))[:, 0]
+    assert dx[0] < -0.5 and dx[2] > 0.5 and abs(dx[1]) < 0.3, dx
