@@ -69,7 +69,8 @@ class Config:
     side_by_side: bool = opt(False, "show the true sandbox next to the model, driven by the same inputs "
                                     "(--start sandbox only)")
     hud: bool = opt(True, "draw the HUD bar (fps, ms per frame, action, sampling)")
-    screenshot: str | None = opt(None, "save a PNG of the window when the session ends")
+    screenshot: str | None = opt(None, "save a PNG when the session ends: the window, or with --headless the last "
+                                       "frame (truth | model with --side-by-side) at --scale")
 
 
 # ----------------------------------------------------------------------------- the core
@@ -444,9 +445,21 @@ def run_headless(cfg: Config):
         wall = time.perf_counter() - t0
     finally:
         s.close()  # a video cut short by an error or Ctrl-C is still a valid file
+    if cfg.screenshot:
+        save_png(cfg.screenshot, np.concatenate(s.panels(*s.last), axis=1), cfg.scale)
+        print(f"screenshot: {cfg.screenshot}")
     steps = max(n - 1, 1)
     print(f"{n} frames, {(n - 1) / max(wall, 1e-9):.1f} steps/s | per frame: model {ms['step_ms'] / steps:.1f} ms, "
           f"sampling {ms['sample_ms'] / steps:.1f} ms, decode {ms['decode_ms'] / steps:.1f} ms")
+
+
+def save_png(path, rgb, scale):
+    """uint8 [H, W, 3] RGB -> PNG at `scale` x the size, nearest-neighbour (the pixels stay sharp)."""
+    import cv2
+    big = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, big[:, :, ::-1]):
+        raise SystemExit(f"could not write the screenshot {path} (is it a .png path in a writable folder?)")
 
 
 def run_window(cfg: Config):

@@ -256,9 +256,13 @@ def test_headless_side_by_side_from_the_sandbox(tiny, tmp_path):
     import live_inference
     out = tmp_path / "sbs.mp4"
     live_inference.main(["--checkpoint", tiny["world"], "--start", "sandbox", "--seed", "3", "--context", "2",
-                         "--side-by-side", "--headless", "--frames", "4", "--record", str(out)])
+                         "--side-by-side", "--headless", "--frames", "4", "--record", str(out),
+                         "--scale", "2", "--screenshot", str(tmp_path / "shot.png")])
     frames, width = count_frames(str(out))
     assert frames == 4 and width == 256
+    import cv2
+    shot = cv2.imread(str(tmp_path / "shot.png"))
+    assert shot is not None and shot.shape == (2 * 72, 2 * 256, 3)
 
 
 def scripted_events(monkeypatch, script):
