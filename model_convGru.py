@@ -56,36 +56,17 @@ class WorldModelConfig:
     shift_radius: int = 3     # learned action-conditioned shift, +-cells on the token grid (0 = off)
 
 
-def shift_mix(x, kx, ky):
-    """Per-sample separable shift-and-mix: x [N, C, H, W], kx [N, 2R+1], ky [N, 2S+1] (rows sum
-    to 1) -> sum_j kx[j] * x[:, :, :, w + j - R], then the same along H with ky. Borders repeat the
-    edge (content entering the view is unknown; the convs after this fill it in)."""
-    out = x
-    for dim, k in ((3, kx), (2, ky)):
-        r = k.shape[1] // 2
-        if r == 0:
-            continue
-        n = out.shape[dim]
-        pad = (r, r, 0, 0) if dim == 3 else (0, 0, r, r)
-        xp = F.pad(out, pad, mode="replicate")
-        k = k.to(out.dtype)
-        acc = 0
-        for j in range(2 * r + 1):
-            acc = acc + k[:, j, None, None, None] * xp.narrow(dim, j, n)
-        out = acc
-    return out
-
-
-def _tent(d, r):
-    """Offsets d [N] (|d| <= r) -> [N, 2r+1] linear-interpolation weights over taps -r..r: a shift by
-    d cells (bilinear sampling in 1-D). Built from floor(d) so the gradient reaches d at whole cells too."""
-    if r == 0:
-        return torch.ones(d.shape[0], 1, device=d.device, dtype=d.dtype)
-    pos = (d + r).clamp(0, 2 * r)
-    i = pos.detach().floor().clamp(max=2 * r - 1).long()
-    f = (pos - i).unsqueeze(1)
-    k = torch.zeros(d.shape[0], 2 * r + 1, device=d.device, dtype=d.dtype)
-    return k.scatter(1, i[:, None], 1 - f).scatter(1, i[:, None] + 1, f)
+def translate(x, d):
+    """Per-sample sub-cell translation: x [N, C, H, W], d [N, 2] offsets (dx, dy) in cells -> x
+    sampled at (w + dx, h + dy), bilinear, edges repeated (content entering the view is unknown;
+    the convs after this fill it in). Differentiable in d, including at whole cells."""
+    N, C, H, W = x.shape
+    dx, dy = d[:, 0].float(), d[:, 1].float()
+    one, zero = torch.ones_like(dx), torch.zeros_like(dx)
+    theta = torch.stack([torch.stack([one, zero, dx * 2 / max(W - 1, 1)], -1),
+                         torch.stack([zero, one, dy * 2 / max(H - 1, 1)], -1)], 1)         # (N, 2, 3)
+    grid = F.affine_grid(theta, [N, C, H, W], align_corners=True).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _gn(channels, groups):
@@ -162,7 +143,6 @@ class WorldModel(nn.Module):
         self.cond_dim = A + 2  # action, action-present flag, corruption level
         self.embed = nn.Embedding(K, E)
         R = cfg.shift_radius
-        self.shift_radius = R
         if R > 0:  # conditioning -> (dx, dy) in token cells; zero-initialised, so it starts as "no shift"
             self.shift = nn.Sequential(nn.Linear(self.cond_dim, cfg.action_hidden), nn.GELU(),
                                        nn.Linear(cfg.action_hidden, 2))
@@ -219,17 +199,8 @@ class WorldModel(nn.Module):
     def shift_offsets(self, cond):
         """cond [N, A+2] -> offsets [N, 2] (dx, dy) in token cells, within +-shift_radius: the view
         takes its content from (x + dx, y + dy), so dx > 0 moves the picture left."""
-        R = self.shift_radius
+        R = self.cfg.shift_radius
         return R * torch.tanh(self.shift(cond).float() / R)
-
-    def shift_kernels(self, cond):
-        """cond [N, A+2] -> ((kx, ky) on the token grid, (kx, ky) on the state grid), each [N, taps]:
-        linear-interpolation taps of one sub-cell translation (the state grid is half as fine)."""
-        d = self.shift_offsets(cond)
-        R = self.shift_radius
-        Rs = (R + 1) // 2 if self.cfg.downsample else R
-        s = 0.5 if self.cfg.downsample else 1.0
-        return (_tent(d[:, 0], R), _tent(d[:, 1], R)), (_tent(d[:, 0] * s, Rs), _tent(d[:, 1] * s, Rs))
 
     def inverse_dynamics(self, e0, e1):
         return self.idm(e0, e1)
@@ -254,10 +225,10 @@ class WorldModel(nn.Module):
         e = self.embed_tokens(tokens.reshape(N, H, W))                                     # (N, E, h, w)
         planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
         inputs = [e, planes.to(e.dtype)]
-        if self.shift_radius:
-            (kx, ky), (sx, sy) = self.shift_kernels(cond)
-            inputs.insert(1, shift_mix(e, kx, ky))                                          # frame t, moved
-            sx, sy = sx.view(B, T, -1), sy.view(B, T, -1)
+        if self.cfg.shift_radius:
+            d = self.shift_offsets(cond)                                                    # (N, 2) token cells
+            inputs.insert(1, translate(e, d))                                               # frame t, moved
+            d_state = (d * (0.5 if self.cfg.downsample else 1.0)).view(B, T, 2)             # in state cells
         skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
@@ -269,8 +240,8 @@ class WorldModel(nn.Module):
             h = state[i]
             outs = []
             for t in range(T):
-                if self.shift_radius:
-                    h = shift_mix(h, sx[:, t], sy[:, t])  # the remembered view moves with the camera
+                if self.cfg.shift_radius:
+                    h = translate(h, d_state[:, t])  # the remembered view moves with the camera
                 h = cell.recur(gx[:, t], h)
                 outs.append(h)
             new_state.append(h)

@@ -91,18 +91,17 @@ def test_overfit_tiny_batch():
     assert losses[-1] < 0.6 * losses[0], losses[::5]
 
 
-def test_shift_mix_is_a_translation():
-    from model_convGru import _tent, shift_mix
+def test_translate_is_a_translation():
+    from model_convGru import translate
     x = torch.randn(2, 3, 6, 10)
-    none = _tent(torch.zeros(2), 3)
-    torch.testing.assert_close(shift_mix(x, none, none), x, rtol=0, atol=0)
+    torch.testing.assert_close(translate(x, torch.zeros(2, 2)), x)
     # a whole-cell offset takes content from (x + dx, y + dy); the edges repeat
-    out = shift_mix(x, _tent(torch.tensor([2.0, -1.0]), 3), _tent(torch.tensor([0.0, 1.0]), 3))
+    out = translate(x, torch.tensor([[2.0, 0.0], [-1.0, 1.0]]))
     torch.testing.assert_close(out[0, :, :, :8], x[0, :, :, 2:])
     torch.testing.assert_close(out[0, :, :, 8], x[0, :, :, 9])
     torch.testing.assert_close(out[1, :, :5, 1:], x[1, :, 1:, :9])
     # half a cell is the average of the two neighbours
-    half = shift_mix(x, _tent(torch.tensor([0.5, 0.5]), 3), none)
+    half = translate(x, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
     torch.testing.assert_close(half[..., :9], (x[..., :9] + x[..., 1:]) / 2)
 
 
