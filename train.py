@@ -653,6 +653,7 @@ def main(argv=None):
     if master:
         print(f"{reason} at step {step} ({elapsed:.0f}s of training); checkpoint {last_saved}")
     logger.finish()
+    del runner  # DDP holds the process group; drop it before the group is destroyed
     utils.cleanup_distributed(ddp)
     if reason.startswith("stopped"):
         raise SystemExit(f"train.py: {reason}")

@@ -1,5 +1,6 @@
 """Small helpers shared by the training scripts: checkpoints, logging, devices, RNG, DDP."""
 import contextlib
+import gc
 import glob
 import hashlib
 import json
@@ -182,8 +183,13 @@ def setup_distributed(device_name="auto"):
 
 
 def cleanup_distributed(ddp: bool):
+    """Every rank waits for the others, then frees the group while the interpreter is fully alive.
+    No rank then closes its gloo connections while a peer is still busy (that can abort with SIGABRT)."""
     if ddp and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 # ----------------------------------------------------------------------------- RNG
