@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
+import validation
 from config import ConfigError, apply_overrides, build_parser, config_from_dict, format_config, load_yaml, opt
 from model_convGru import WorldModel, WorldModelConfig
 from sampling import Sampler
@@ -321,103 +322,6 @@ class Objective(nn.Module):
         return (image - target).abs().mean()
 
 
-# ----------------------------------------------------------------------------- metrics and images
-
-@torch.no_grad()
-def evaluate(model, val_ds, cfg, device, ctx, yaw_index, move_index):
-    """Validation: teacher-forced vs rollout loss, code diversity, action response.
-    Uses its own RNGs so that evaluating never changes the training run."""
-    model.eval()
-    rng = np.random.default_rng([cfg.seed, 10_000])
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 10_000)
-    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
-    idx = rng.integers(0, len(val_ds), cfg.eval_batch)
-    items = [val_ds[int(i)] for i in idx]
-    tokens = torch.stack([t for t, _ in items]).to(device)        # (B, C+R+1, h, w)
-    actions = torch.stack([a for _, a in items]).to(device)       # (B, C+R, A)
-    C, R = cfg.eval_context, cfg.eval_rollout
-    K = model.cfg.codebook_size
-    with ctx:
-        logits_tf = model(tokens, actions).float()                # (B, C+R, K, h, w)
-        _, state = model.forward_sequence(tokens[:, :C], actions[:, :C])
-        frame, preds, logits_ro = tokens[:, C], [], []
-        first_state = state
-        for r in range(R):                                         # predicts frames C+1 .. C+R
-            logits, state = model.step(frame, actions[:, C + r], state)
-            logits_ro.append(logits.float())
-            frame = sampler(logits, generator=gen)
-            preds.append(frame)
-        # action response: the same context, opposite actions
-        responses = {}
-        for name, i in (("yaw", yaw_index), ("move", move_index)):
-            if i is None:
-                continue
-            plus, minus = actions[:, C].clone(), actions[:, C].clone()
-            plus[:, i], minus[:, i] = 1.0, -1.0
-            lp = torch.softmax(model.step(tokens[:, C], plus, first_state)[0].permute(0, 2, 3, 1).float(), -1)
-            lm = torch.softmax(model.step(tokens[:, C], minus, first_state)[0].permute(0, 2, 3, 1).float(), -1)
-            responses[f"val/action_response_{name}"] = 0.5 * (lp - lm).abs().sum(-1).mean().item()
-        e = model.embed_tokens(tokens[:, C:].flatten(0, 1)).view(len(tokens), R + 1, -1, *tokens.shape[2:])
-        a_hat = model.inverse_dynamics(e[:, :-1].flatten(0, 1), e[:, 1:].flatten(0, 1)).float()
-    target = tokens[:, C + 1:]
-    logits_ro = torch.stack(logits_ro, 1)
-    ce_tf = code_cross_entropy(logits_tf[:, C:], target).item()
-    ce_ro = code_cross_entropy(logits_ro, target).item()
-    preds = torch.stack(preds, 1)                                  # (B, R, h, w)
-    up, ut = unique_per_frame(preds), unique_per_frame(target)
-    a_true = actions[:, C:].flatten(0, 1)
-    moving = a_true[:, yaw_index].abs() > 0.1 if yaw_index is not None else torch.zeros(0, dtype=torch.bool)
-    metrics = {"val/ce_tf": ce_tf, "val/ce_rollout": ce_ro, "val/rollout_gap": ce_ro - ce_tf,
-               "val/unique_pred": up, "val/unique_true": ut, "val/unique_ratio": up / max(ut, 1e-6),
-               "val/entropy_pred": code_entropy(preds, K), "val/entropy_true": code_entropy(target, K), **responses}
-    if moving.any():
-        agree = torch.sign(a_hat[moving, yaw_index]) == torch.sign(a_true[moving, yaw_index])
-        metrics["val/idm_yaw_sign_acc"] = agree.float().mean().item()
-    model.train()
-    return metrics, (tokens, actions, preds, first_state)
-
-
-def unique_per_frame(codes):
-    """codes [B, T, h, w] -> mean number of distinct codes per frame."""
-    flat = codes.flatten(2)
-    return float(np.mean([len(torch.unique(f)) for f in flat.flatten(0, 1)]))
-
-
-def code_entropy(codes, K):
-    """Mean entropy (nats) of each frame's code histogram."""
-    flat = codes.flatten(0, 1).flatten(1)                          # (N, h*w)
-    counts = torch.zeros(flat.shape[0], K, device=codes.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
-    p = counts / counts.sum(1, keepdim=True)
-    return float(-(p * torch.log(p.clamp(min=1e-12))).sum(1).mean())
-
-
-@torch.no_grad()
-def save_strip(model, tokenizer, batch, cfg, yaw_index, path, columns=8):
-    """PNG rows: ground truth | sampled rollout | rollout with yaw -1 (left) | yaw +1 (right)."""
-    import cv2
-    tokens, actions, preds, state = batch
-    C, R = cfg.eval_context, cfg.eval_rollout
-    gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed + 20_000)
-    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
-    rows = [tokens[0, C + 1:], preds[0]]
-    if yaw_index is not None:
-        for sign in (-1.0, 1.0):
-            s, frame, out = tuple(h[:1] for h in state), tokens[:1, C], []
-            a = torch.zeros_like(actions[:1, C])
-            a[:, yaw_index] = sign
-            for _ in range(R):
-                logits, s = model.step(frame, a, s)
-                frame = sampler(logits, generator=gen)
-                out.append(frame[0])
-            rows.append(torch.stack(out))
-    cols = np.linspace(0, R - 1, min(columns, R)).round().astype(int)
-    images = [tokenizer.decode(row[cols]).cpu().numpy() for row in rows]  # each (n, H, W, 3) uint8
-    grid = np.concatenate([np.concatenate(list(img), axis=1) for img in images], axis=0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return path
-
-
 def grad_norm(params):
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
@@ -629,11 +533,11 @@ def main(argv=None):
             logger.log(row, step)
             bar.set_postfix(ce=f"{row['loss/ce']:.3f}", ro=rollout, fps=f"{frames_per_step / dt:.0f}")
         if master and cfg.eval_every and step % cfg.eval_every == 0:
-            metrics, batch = evaluate(model, val_ds, cfg, device, ctx, yaw_index, move_index)
+            metrics, batch = validation.validate(model, val_ds, cfg, device, ctx, yaw_index, move_index)
             logger.log(metrics, step)
             bar.write(f"step {step}: " + " ".join(f"{k.split('/')[-1]}={v:.3g}" for k, v in metrics.items()))
             if tokenizer is not None and cfg.strip_every and step % cfg.strip_every == 0:
-                path = save_strip(model, tokenizer, batch, cfg, yaw_index, os.path.join(cfg.out, "strips", f"step_{step:08d}.png"))
+                path = validation.save_strip(model, tokenizer, batch, cfg, yaw_index, os.path.join(cfg.out, "strips", f"step_{step:08d}.png"))
                 logger.log_image("strips/gt_pred_left_right", path, step)
         if step % cfg.ckpt_every == 0:
             elapsed = elapsed_before + time.time() - loop_start

@@ -1,5 +1,8 @@
-"""train.py on tiny synthetic token files: end to end, exact resume, DDP, start-up errors, no leak, perceptual grads."""
+"""train.py on tiny synthetic token files: end to end, exact resume, DDP, start-up errors, no leak, perceptual grads,
+validation metrics and strips."""
+import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -224,3 +227,36 @@ def test_nonfinite_losses_are_skipped_then_stop(data, tmp_path, monkeypatch):
     monkeypatch.setattr(train.Objective, "forward", nan_forward)
     with pytest.raises(SystemExit, match="3 consecutive non-finite"):
         train.main(["--data", data, "--out", str(tmp_path / "nan"), "--max_steps", "10", "--max_bad_steps", "3", *TINY])
+
+
+class PaintDecoder:
+    """Stands in for the tokenizer in strip tests: code c -> a flat 2x2 patch of grey level 8*c."""
+
+    def decode(self, tokens):
+        img = (tokens.long() * 8).clamp(max=255).to(torch.uint8)
+        return img.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., None].expand(-1, -1, -1, 3)
+
+
+def test_validation_metrics_and_strip(data, tmp_path):
+    import cv2
+    import validation
+    from datasets import TokenWindowDataset
+    cfg, _ = train.parse_args(["--data", data, "--out", str(tmp_path), *TINY, "--eval_batch", "3",
+                               "--eval_context", "2", "--eval_rollout", "4"])
+    ds = TokenWindowDataset(data, cfg.eval_context + cfg.eval_rollout + 1, split="all")
+    model = train.WorldModel(train.WorldModelConfig(codebook_size=K, grid=GRID, action_dim=len(ACTION_NAMES), embed_dim=8,
+                                        hidden=16, layers=2, action_hidden=16, idm_hidden=8))
+    metrics, batch = validation.validate(model, ds, cfg, torch.device("cpu"), contextlib.nullcontext(),
+                                         A["yaw"], A["move_z"])
+    assert model.training  # handed back in training mode
+    assert abs(metrics["val/ce_tf"] - math.log(K)) < 1.0  # untrained: near uniform over K codes
+    assert 1 <= metrics["val/unique_true"] <= GRID[0] * GRID[1] and metrics["val/unique_ratio"] > 0
+    assert 0 < metrics["val/entropy_true_bits"] <= math.log2(K) + 1e-6
+    assert metrics["val/rollout_gap"] == pytest.approx(metrics["val/ce_rollout"] - metrics["val/ce_tf"])
+    assert "val/action_response_yaw" in metrics and "val/action_response_move" in metrics
+    path = validation.save_strip(model, PaintDecoder(), batch, cfg, A["yaw"], str(tmp_path / "s" / "strip.png"))
+    img = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+    h, w = 2 * GRID[0], 2 * GRID[1]
+    assert img.shape == (4 * h, cfg.eval_rollout * w, 3)  # truth, rollout, yaw left, yaw right
+    truth = batch[0][0, cfg.eval_context + 1:]
+    assert np.array_equal(img[:h], np.concatenate(list(PaintDecoder().decode(truth).numpy()), axis=1))
