@@ -337,6 +337,14 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
            "mean_dy_pitch_down_minus_up": float((motion["pitch_down"][:, 1] - motion["pitch_up"][:, 1]).mean()),
            "first_step_js": js, "action_response": float(np.mean(list(js.values()))),
            "pixel_difference": {f"{a}_vs_{b}": float(M.mean_abs_diff(frames[a], frames[b]).mean()) for a, b in CF_PAIRS}}
+    if getattr(model, "moves", False):  # what the learned camera-motion head says each action does
+        with torch.no_grad():
+            d, zoom = model.camera_motion(model.cond_vector(torch.from_numpy(
+                np.stack([cf_vector(n, cfg.cf_magnitude) for n in names])).float().to(device)))
+        res["learned_shift_dx_cells"] = dict(zip(names, d[:, 0].tolist()))
+        res["learned_shift_dy_cells"] = dict(zip(names, d[:, 1].tolist()))
+        if zoom is not None:
+            res["learned_zoom_percent"] = dict(zip(names, (100 * torch.expm1(zoom)).tolist()))
     parts = [M.direction_skill(res["yaw_direction_accuracy"]), M.direction_skill(res["pitch_direction_accuracy"]),
              res["action_response"]]
     # sandbox: the true counterfactual frames for the same start state

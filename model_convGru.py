@@ -13,8 +13,10 @@ frame t+1 [B, K, h, w]. The pieces, and why they are there (shared/WORLD_MODEL_N
 - the corruption level of the context (GameNGen-style noise augmentation) and an "action
   present" flag are inputs of the same MLP, so the model knows how much to trust its input and
   can be run unconditioned (action dropout -> guidance);
-- a learned, action-conditioned translation: a small MLP maps the conditioning to a sub-cell
-  offset (dx, dy), applied by linear interpolation (a spatial transformer restricted to shifts).
+- a learned, action-conditioned translation (and optionally zoom about the view's centre): a
+  small MLP maps the conditioning to a sub-cell offset (dx, dy) and a log scale, applied by
+  linear interpolation (a spatial transformer restricted to shift and zoom; zoom is the first-order
+  picture of walking forward or back).
   It moves the embedded frame (an extra input next to the unmoved one, so fixed overlays can stay
   put) and every cell's recurrent state, so "this camera action moves the view 1.5 cells left" is
   two numbers instead of something generic convs must assemble. Nothing about direction or size is
@@ -54,17 +56,21 @@ class WorldModelConfig:
     action_hidden: int = 128  # width of the action/conditioning MLP
     idm_hidden: int = 64      # inverse-dynamics head width
     shift_radius: int = 3     # learned action-conditioned shift, +-cells on the token grid (0 = off)
+    zoom_range: float = 0.0   # learned action-conditioned zoom, largest |log scale| per step (0 = off;
+                              # train.py turns it on, 0 keeps checkpoints made before it loadable)
 
 
-def translate(x, d):
-    """Per-sample sub-cell translation: x [N, C, H, W], d [N, 2] offsets (dx, dy) in cells -> x
-    sampled at (w + dx, h + dy), bilinear, edges repeated (content entering the view is unknown;
-    the convs after this fill it in). Differentiable in d, including at whole cells."""
+def warp(x, d, log_scale=None):
+    """Per-sample sub-cell shift and zoom: x [N, C, H, W], d [N, 2] offsets (dx, dy) in cells,
+    log_scale [N] or None -> x sampled at (centre + (p - centre) / s + d), s = exp(log_scale):
+    s > 1 magnifies about the centre. Bilinear, edges repeated (content entering the view is
+    unknown; the convs after this fill it in). Differentiable in d and s, including at whole cells."""
     N, C, H, W = x.shape
     dx, dy = d[:, 0].float(), d[:, 1].float()
-    one, zero = torch.ones_like(dx), torch.zeros_like(dx)
-    theta = torch.stack([torch.stack([one, zero, dx * 2 / max(W - 1, 1)], -1),
-                         torch.stack([zero, one, dy * 2 / max(H - 1, 1)], -1)], 1)         # (N, 2, 3)
+    inv = torch.exp(-log_scale.float()) if log_scale is not None else torch.ones_like(dx)
+    zero = torch.zeros_like(dx)
+    theta = torch.stack([torch.stack([inv, zero, dx * 2 / max(W - 1, 1)], -1),
+                         torch.stack([zero, inv, dy * 2 / max(H - 1, 1)], -1)], 1)         # (N, 2, 3)
     grid = F.affine_grid(theta, [N, C, H, W], align_corners=True).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
@@ -142,14 +148,14 @@ class WorldModel(nn.Module):
         self.grid = tuple(cfg.grid)
         self.cond_dim = A + 2  # action, action-present flag, corruption level
         self.embed = nn.Embedding(K, E)
-        R = cfg.shift_radius
-        if R > 0:  # conditioning -> (dx, dy) in token cells; zero-initialised, so it starts as "no shift"
+        self.moves = cfg.shift_radius > 0 or cfg.zoom_range > 0
+        if self.moves:  # conditioning -> (dx, dy[, log scale]); zero-initialised: it starts as "no motion"
             self.shift = nn.Sequential(nn.Linear(self.cond_dim, cfg.action_hidden), nn.GELU(),
-                                       nn.Linear(cfg.action_hidden, 2))
+                                       nn.Linear(cfg.action_hidden, 2 + (cfg.zoom_range > 0)))
             with torch.no_grad():
                 self.shift[-1].weight.zero_()
                 self.shift[-1].bias.zero_()
-        stem_in = (2 if R > 0 else 1) * E + self.cond_dim
+        stem_in = (2 if self.moves else 1) * E + self.cond_dim
         self.stem = nn.Sequential(
             nn.Conv2d(stem_in, C, 3, padding=1), _gn(C, 8), nn.GELU())
         self.down = nn.Conv2d(C, C, 3, stride=2, padding=1) if cfg.downsample else nn.Identity()
@@ -196,11 +202,14 @@ class WorldModel(nn.Module):
         """tokens [N, h, w] int64 -> [N, E, h, w]"""
         return self.embed(tokens).permute(0, 3, 1, 2)
 
-    def shift_offsets(self, cond):
-        """cond [N, A+2] -> offsets [N, 2] (dx, dy) in token cells, within +-shift_radius: the view
-        takes its content from (x + dx, y + dy), so dx > 0 moves the picture left."""
-        R = self.cfg.shift_radius
-        return R * torch.tanh(self.shift(cond).float() / R)
+    def camera_motion(self, cond):
+        """cond [N, A+2] -> (offsets [N, 2] (dx, dy) in token cells within +-shift_radius, log scale
+        [N] within +-zoom_range or None). The view takes its content from (x + dx, y + dy), so
+        dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre)."""
+        raw = self.shift(cond).float()
+        R, Z = self.cfg.shift_radius, self.cfg.zoom_range
+        d = R * torch.tanh(raw[:, :2] / R) if R > 0 else torch.zeros_like(raw[:, :2])
+        return d, (Z * torch.tanh(raw[:, 2] / Z) if Z > 0 else None)
 
     def inverse_dynamics(self, e0, e1):
         return self.idm(e0, e1)
@@ -225,10 +234,11 @@ class WorldModel(nn.Module):
         e = self.embed_tokens(tokens.reshape(N, H, W))                                     # (N, E, h, w)
         planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
         inputs = [e, planes.to(e.dtype)]
-        if self.cfg.shift_radius:
-            d = self.shift_offsets(cond)                                                    # (N, 2) token cells
-            inputs.insert(1, translate(e, d))                                               # frame t, moved
+        if self.moves:
+            d, zoom = self.camera_motion(cond)                                              # (N, 2) cells, (N,)
+            inputs.insert(1, warp(e, d, zoom))                                              # frame t, moved
             d_state = (d * (0.5 if self.cfg.downsample else 1.0)).view(B, T, 2)             # in state cells
+            zoom_state = zoom.view(B, T) if zoom is not None else None
         skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
@@ -240,8 +250,8 @@ class WorldModel(nn.Module):
             h = state[i]
             outs = []
             for t in range(T):
-                if self.cfg.shift_radius:
-                    h = translate(h, d_state[:, t])  # the remembered view moves with the camera
+                if self.moves:  # the remembered view moves with the camera
+                    h = warp(h, d_state[:, t], zoom_state[:, t] if zoom_state is not None else None)
                 h = cell.recur(gx[:, t], h)
                 outs.append(h)
             new_state.append(h)

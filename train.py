@@ -56,6 +56,7 @@ class TrainConfig:
     separable: bool = opt(False, "depthwise-separable gate convs")
     groups_per_gate: int = opt(4, "GroupNorm groups per gate")
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
+    zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     action_hidden: int = opt(128, "action/conditioning MLP width")
     idm_hidden: int = opt(64, "inverse-dynamics head width")
     # data
@@ -103,7 +104,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}

@@ -1,6 +1,7 @@
 """evaluate.py / eval_metrics.py: each metric on hand-made cases with a known answer, the action
 tests on models that do / do not use actions, the sandbox re-render, and one end-to-end run."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -287,3 +288,21 @@ def test_end_to_end_writes_report(tiny):
         assert (out / path).stat().st_size > 0 and f"]({path})" in md
     with av.open(str(out / rep["videos"][0])) as c:
         assert sum(1 for _ in c.decode(video=0)) == 3 + 6  # context + horizon frames
+
+
+def test_action_tests_report_the_learned_camera_motion():
+    import evaluate
+    from model_convGru import WorldModel, WorldModelConfig
+    from sampling import Sampler
+    m = WorldModel(WorldModelConfig(codebook_size=64, grid=(18, 32), action_dim=7, embed_dim=8, hidden=8,
+                                    action_hidden=8, idm_hidden=8, shift_radius=3, zoom_range=0.2)).eval()
+    with torch.no_grad():  # constant head: every action shifts 1.5 cells right, 0.5 up, and zooms in by 5 %
+        m.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(1.5 / 3), 3 * math.atanh(-0.5 / 3),
+                                             0.2 * math.atanh(math.log(1.05) / 0.2)]))
+    cfg = evaluate.Config(context=3, cf_steps=1, cf_magnitude=0.5, max_shift=12)
+    res, _, _ = evaluate.action_tests(cfg, m, PaletteTokenizer(), fake_episodes(), Sampler(), torch.device("cpu"),
+                                      [None, None])
+    assert set(res["learned_zoom_percent"]) == set(evaluate.CF_ACTIONS)
+    assert res["learned_shift_dx_cells"]["yaw_right"] == pytest.approx(1.5, abs=1e-5)
+    assert res["learned_shift_dy_cells"]["back"] == pytest.approx(-0.5, abs=1e-5)
+    assert res["learned_zoom_percent"]["forward"] == pytest.approx(5.0, abs=1e-3)

@@ -1,4 +1,6 @@
 """World model: shapes, causality (no leak of frame t+1), step == sequence forward, a tiny overfit."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,18 @@ def tiny(**kw):
     args.update(kw)
     torch.manual_seed(0)
     return WorldModel(WorldModelConfig(**args))
+
+
+MOTIONS = [dict(), dict(zoom_range=0.2), dict(shift_radius=0, zoom_range=0.2), dict(shift_radius=0)]
+
+
+def moving(**kw):
+    """tiny() whose camera-motion head is already non-zero (it starts at zero when trained)."""
+    m = tiny(**kw)
+    if m.moves:
+        with torch.no_grad():
+            m.shift[-1].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(5))
+    return m
 
 
 def batch(B=2, T=5, seed=1):
@@ -35,8 +49,9 @@ def test_shapes(downsample, separable):
     assert a_hat.shape == (2, A)
 
 
-def test_step_matches_sequence_forward():
-    m = tiny().eval()
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_step_matches_sequence_forward(motion):
+    m = moving(**motion).eval()
     tokens, actions = batch(T=6)
     with torch.no_grad():
         full = m(tokens, actions)
@@ -47,9 +62,10 @@ def test_step_matches_sequence_forward():
     torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-4, atol=1e-4)
 
 
-def test_no_leak_of_future_frames():
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_no_leak_of_future_frames(motion):
     """logits[:, t] predicts frame t+1: changing frame t+1 (or anything later) must not change it."""
-    m = tiny().eval()
+    m = moving(**motion).eval()
     tokens, actions = batch(T=6)
     with torch.no_grad():
         base = m(tokens, actions)
@@ -91,18 +107,25 @@ def test_overfit_tiny_batch():
     assert losses[-1] < 0.6 * losses[0], losses[::5]
 
 
-def test_translate_is_a_translation():
-    from model_convGru import translate
+def test_warp_is_a_shift_and_a_zoom():
+    from model_convGru import warp
     x = torch.randn(2, 3, 6, 10)
-    torch.testing.assert_close(translate(x, torch.zeros(2, 2)), x)
+    torch.testing.assert_close(warp(x, torch.zeros(2, 2)), x)
     # a whole-cell offset takes content from (x + dx, y + dy); the edges repeat
-    out = translate(x, torch.tensor([[2.0, 0.0], [-1.0, 1.0]]))
+    out = warp(x, torch.tensor([[2.0, 0.0], [-1.0, 1.0]]))
     torch.testing.assert_close(out[0, :, :, :8], x[0, :, :, 2:])
     torch.testing.assert_close(out[0, :, :, 8], x[0, :, :, 9])
     torch.testing.assert_close(out[1, :, :5, 1:], x[1, :, 1:, :9])
     # half a cell is the average of the two neighbours
-    half = translate(x, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
+    half = warp(x, torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
     torch.testing.assert_close(half[..., :9], (x[..., :9] + x[..., 1:]) / 2)
+    # zoom x2 about the centre of a 5 x 9 grid: cell (2 + k, 4 + j) shows (2 + k/2, 4 + j/2)
+    y = torch.randn(1, 2, 5, 9)
+    zoomed = warp(y, torch.zeros(1, 2), torch.tensor([math.log(2.0)]))
+    torch.testing.assert_close(zoomed[..., 2, 4], y[..., 2, 4])
+    torch.testing.assert_close(zoomed[..., 4, 8], y[..., 3, 6])
+    torch.testing.assert_close(zoomed[..., 2, 5], (y[..., 2, 4] + y[..., 2, 5]) / 2)
+    torch.testing.assert_close(warp(y, torch.zeros(1, 2), torch.zeros(1)), y)
 
 
 def test_camera_shift_is_learned_from_data():
@@ -127,5 +150,36 @@ def test_camera_shift_is_learned_from_data():
     with torch.no_grad():
         a = torch.zeros(3, A)
         a[:, 0] = torch.tensor([-1.0, 0.0, 1.0])
-        dx = m.shift_offsets(m.cond_vector(a))[:, 0]
+        dx = m.camera_motion(m.cond_vector(a))[0][:, 0]
     assert dx[0] < -0.5 and dx[2] > 0.5 and abs(dx[1]) < 0.3, dx
+
+
+def test_camera_zoom_is_learned_from_data():
+    """Frames are a random block world seen through a lens: action[3] (move_z) = +1 magnifies the
+    view by 1.25 about its centre, -1 shrinks it. Starting from no zoom, the log scale must learn
+    the sign from the data."""
+    g = torch.Generator().manual_seed(4)
+    m = tiny(shift_radius=0, zoom_range=0.5)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    H, W = GRID
+    ys, xs = torch.meshgrid(torch.arange(H) - (H - 1) / 2, torch.arange(W) - (W - 1) / 2, indexing="ij")
+    for _ in range(80):
+        world = torch.randint(0, K, (8, 8, 12), generator=g)  # coarse blocks, 2x the view's extent
+        move = torch.randint(-1, 2, (8, 3), generator=g)
+        log_s = torch.cat([torch.zeros(8, 1), move.cumsum(1) * math.log(1.25)], 1)    # (8, 4)
+        s = log_s.exp()[..., None, None]                                              # (8, 4, 1, 1)
+        iy = ((ys / s + H) * 8 / (2 * H)).floor().long().clamp(0, 7)                 # world cell per view cell
+        ix = ((xs / s + W) * 12 / (2 * W)).floor().long().clamp(0, 11)
+        tokens = torch.stack([world[b][iy[b], ix[b]] for b in range(8)])              # (8, 4, H, W)
+        actions = torch.zeros(8, 3, A)
+        actions[..., 3] = move.float()
+        logits = m(tokens, actions)
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(0, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        a = torch.zeros(3, A)
+        a[:, 3] = torch.tensor([-1.0, 0.0, 1.0])
+        zoom = m.camera_motion(m.cond_vector(a))[1]
+    assert zoom[0] < -0.12 and zoom[2] > 0.12 and abs(zoom[1]) < 0.1, zoom  # truth: -+log 1.25 = 0.22
