@@ -128,29 +128,37 @@ def test_warp_is_a_shift_and_a_zoom():
     torch.testing.assert_close(warp(y, torch.zeros(1, 2), torch.zeros(1)), y)
 
 
-def test_camera_shift_is_learned_from_data():
-    """Frames are windows onto a wider random token world; action[0] (yaw) moves the window by
-    one cell. Starting from no shift, the offset module must learn the direction from the data."""
-    g = torch.Generator().manual_seed(3)
-    m = tiny()
+def learn_camera_motion(m, make_frames, action_index, steps, seed):
+    """Train m on sequences where action[action_index] in {-1, 0, 1} drives the view; make_frames
+    (g, moves [8, 3]) -> tokens [8, 4, h, w]. Returns camera_motion for that action = -1, 0, +1."""
+    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    H, W = GRID
-    for _ in range(60):
-        world = torch.randint(0, K, (8, H, W + 8), generator=g)
-        yaw = torch.randint(-1, 2, (8, 3), generator=g)
-        pos = 4 + torch.cat([torch.zeros(8, 1, dtype=torch.long), yaw.cumsum(1)], 1)  # window start per frame
-        tokens = torch.stack([torch.stack([world[b, :, p:p + W] for p in pos[b].tolist()]) for b in range(8)])
+    for _ in range(steps):
+        moves = torch.randint(-1, 2, (8, 3), generator=g)
+        tokens = make_frames(g, moves)
         actions = torch.zeros(8, 3, A)
-        actions[..., 0] = yaw.float()
-        logits = m(tokens, actions)
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(0, 1))
+        actions[..., action_index] = moves.float()
+        loss = F.cross_entropy(m(tokens, actions).flatten(0, 1), tokens[:, 1:].flatten(0, 1))
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
         a = torch.zeros(3, A)
-        a[:, 0] = torch.tensor([-1.0, 0.0, 1.0])
-        dx = m.camera_motion(m.cond_vector(a))[0][:, 0]
+        a[:, action_index] = torch.tensor([-1.0, 0.0, 1.0])
+        return m.camera_motion(m.cond_vector(a))
+
+
+def test_camera_shift_is_learned_from_data():
+    """Frames are windows onto a wider random token world; action[0] (yaw) moves the window by
+    one cell. Starting from no shift, the offset module must learn the direction from the data."""
+    H, W = GRID
+
+    def frames(g, yaw):
+        world = torch.randint(0, K, (8, H, W + 8), generator=g)
+        pos = 4 + torch.cat([torch.zeros(8, 1, dtype=torch.long), yaw.cumsum(1)], 1)  # window start per frame
+        return torch.stack([torch.stack([world[b, :, p:p + W] for p in pos[b].tolist()]) for b in range(8)])
+
+    dx = learn_camera_motion(tiny(), frames, 0, 60, seed=3)[0][:, 0]
     assert dx[0] < -0.5 and dx[2] > 0.5 and abs(dx[1]) < 0.3, dx
 
 
@@ -158,28 +166,16 @@ def test_camera_zoom_is_learned_from_data():
     """Frames are a random block world seen through a lens: action[3] (move_z) = +1 magnifies the
     view by 1.25 about its centre, -1 shrinks it. Starting from no zoom, the log scale must learn
     the sign from the data."""
-    g = torch.Generator().manual_seed(4)
-    m = tiny(shift_radius=0, zoom_range=0.5)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     H, W = GRID
     ys, xs = torch.meshgrid(torch.arange(H) - (H - 1) / 2, torch.arange(W) - (W - 1) / 2, indexing="ij")
-    for _ in range(80):
+
+    def frames(g, move):
         world = torch.randint(0, K, (8, 8, 12), generator=g)  # coarse blocks, 2x the view's extent
-        move = torch.randint(-1, 2, (8, 3), generator=g)
         log_s = torch.cat([torch.zeros(8, 1), move.cumsum(1) * math.log(1.25)], 1)    # (8, 4)
         s = log_s.exp()[..., None, None]                                              # (8, 4, 1, 1)
         iy = ((ys / s + H) * 8 / (2 * H)).floor().long().clamp(0, 7)                 # world cell per view cell
         ix = ((xs / s + W) * 12 / (2 * W)).floor().long().clamp(0, 11)
-        tokens = torch.stack([world[b][iy[b], ix[b]] for b in range(8)])              # (8, 4, H, W)
-        actions = torch.zeros(8, 3, A)
-        actions[..., 3] = move.float()
-        logits = m(tokens, actions)
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(0, 1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        a = torch.zeros(3, A)
-        a[:, 3] = torch.tensor([-1.0, 0.0, 1.0])
-        zoom = m.camera_motion(m.cond_vector(a))[1]
+        return torch.stack([world[b][iy[b], ix[b]] for b in range(8)])               # (8, 4, H, W)
+
+    zoom = learn_camera_motion(tiny(shift_radius=0, zoom_range=0.5), frames, 3, 80, seed=4)[1]
     assert zoom[0] < -0.12 and zoom[2] > 0.12 and abs(zoom[1]) < 0.1, zoom  # truth: -+log 1.25 = 0.22
