@@ -363,7 +363,10 @@ def resolve_resume(cfg, requested, master):
     if not found:
         raise SystemExit(f"train.py: --resume, but no checkpoint (ckpt_*.pt) in {cfg.out}")
     ckpt = torch.load(found, map_location="cpu", weights_only=False)
-    saved = config_from_dict(TrainConfig, ckpt["config"])
+    saved = dict(ckpt["config"])  # a model key added after this run was saved: the run used the model's own default
+    built = WorldModelConfig(**ckpt["model_args"])
+    saved.update({k: getattr(built, k) for k in MODEL_KEYS if k not in saved})
+    saved = config_from_dict(TrainConfig, saved)
     new = apply_overrides(saved, requested, "resume")
     changed = {k: (getattr(saved, k), getattr(new, k)) for k in requested if getattr(saved, k) != getattr(new, k)}
     refused = {k: v for k, v in changed.items() if k not in RESUME_SAFE}

@@ -107,6 +107,20 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     assert len(torch.load(out / "ckpt_00000002.pt", weights_only=False)["rng"]) == 2
 
 
+def test_resume_checkpoint_saved_before_a_model_key_existed(data, tmp_path):
+    """A run saved before zoom_range existed was built without it: resuming must rebuild it that way."""
+    out = tmp_path / "old"
+    common = ["--data", data, "--out", str(out), *TINY]
+    train.main(common + ["--max_steps", "3", "--stop_after", "2", "--zoom_range", "0"])
+    path = out / "ckpt_00000002.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["zoom_range"], ckpt["model_args"]["zoom_range"]
+    torch.save(ckpt, path)
+    train.main(common + ["--max_steps", "3", "--resume"])
+    model, ckpt = train.load_world_model(str(out))
+    assert ckpt["step"] == 3 and ckpt["config"]["zoom_range"] == 0.0 and model.cfg.zoom_range == 0.0
+
+
 def test_startup_errors(data, tmp_path):
     base = ["--max_steps", "1", *TINY]
     with pytest.raises(SystemExit, match="no manifest"):
