@@ -343,7 +343,7 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
                 np.stack([cf_vector(n, cfg.cf_magnitude) for n in names])).float().to(device)))
         res["learned_shift_dx_cells"] = dict(zip(names, d[:, 0].tolist()))
         res["learned_shift_dy_cells"] = dict(zip(names, d[:, 1].tolist()))
-        if zoom is not None:
+        if model.cfg.zoom_range > 0:
             res["learned_zoom_percent"] = dict(zip(names, (100 * torch.expm1(zoom)).tolist()))
     parts = [M.direction_skill(res["yaw_direction_accuracy"]), M.direction_skill(res["pitch_direction_accuracy"]),
              res["action_response"]]

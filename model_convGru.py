@@ -204,12 +204,12 @@ class WorldModel(nn.Module):
 
     def camera_motion(self, cond):
         """cond [N, A+2] -> (offsets [N, 2] (dx, dy) in token cells within +-shift_radius, log scale
-        [N] within +-zoom_range or None). The view takes its content from (x + dx, y + dy), so
+        [N] within +-zoom_range; either is zero when its limit is 0). The view takes its content from (x + dx, y + dy), so
         dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre)."""
         raw = self.shift(cond).float()
         R, Z = self.cfg.shift_radius, self.cfg.zoom_range
         d = R * torch.tanh(raw[:, :2] / R) if R > 0 else torch.zeros_like(raw[:, :2])
-        return d, (Z * torch.tanh(raw[:, 2] / Z) if Z > 0 else None)
+        return d, (Z * torch.tanh(raw[:, 2] / Z) if Z > 0 else torch.zeros_like(raw[:, 0]))
 
     def inverse_dynamics(self, e0, e1):
         return self.idm(e0, e1)
@@ -238,7 +238,7 @@ class WorldModel(nn.Module):
             d, zoom = self.camera_motion(cond)                                              # (N, 2) cells, (N,)
             inputs.insert(1, warp(e, d, zoom))                                              # frame t, moved
             d_state = (d * (0.5 if self.cfg.downsample else 1.0)).view(B, T, 2)             # in state cells
-            zoom_state = zoom.view(B, T) if zoom is not None else None
+            zoom_state = zoom.view(B, T)
         skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
@@ -251,7 +251,7 @@ class WorldModel(nn.Module):
             outs = []
             for t in range(T):
                 if self.moves:  # the remembered view moves with the camera
-                    h = warp(h, d_state[:, t], zoom_state[:, t] if zoom_state is not None else None)
+                    h = warp(h, d_state[:, t], zoom_state[:, t])
                 h = cell.recur(gx[:, t], h)
                 outs.append(h)
             new_state.append(h)
