@@ -55,6 +55,15 @@ def mean_abs_diff(a, b) -> np.ndarray:
     return (a - b).abs().mean(dim=(1, 2, 3)).numpy()
 
 
+def sharpness(x) -> np.ndarray:
+    """Per-image high-frequency energy: mean magnitude of the horizontal and vertical pixel
+    differences of the grey image, uint8 [..., H, W, 3] -> [N]. A blurred image scores lower."""
+    g = _as_float_images(x).mean(1)                                                 # (N, H, W)
+    dx = (g[:, :, 1:] - g[:, :, :-1]).abs().mean((1, 2))
+    dy = (g[:, 1:, :] - g[:, :-1, :]).abs().mean((1, 2))
+    return (0.5 * (dx + dy)).numpy()
+
+
 # ----------------------------------------------------------------------------- code diversity
 
 def code_stats(tokens):

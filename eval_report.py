@@ -117,6 +117,11 @@ def headline(report, horizons):
         if "psnr_vs_video" in ro:
             hl[f"psnr_video@{h}"] = at(ro["psnr_vs_video"], h)
     hl["psnr_copy_baseline@%d" % horizons[0]] = at(ro["psnr_copy_last_frame"], horizons[0])
+    hl["psnr@1"], hl["psnr_copy_baseline@1"] = at(ro["psnr_vs_tokens"], 1), at(ro["psnr_copy_last_frame"], 1)
+    hl["tf_copy_baseline_accuracy"] = tf["copy_last_frame_accuracy"]
+    hl["tf_argmax_decoded_psnr"], hl["tf_copy_decoded_psnr"] = tf["argmax_decoded_psnr"], tf["copy_last_frame_decoded_psnr"]
+    hl["sharpness_ratio_min"] = float(np.min(ro["sharpness_ratio"]))
+    hl["sharpness_ratio_mean"] = float(np.mean(ro["sharpness_ratio"]))
     if "sandbox" in ro:
         hl["psnr_sandbox@%d" % ro["sandbox"]["steps"]] = at(ro["sandbox"]["psnr"], ro["sandbox"]["steps"])
     hl.update({"code_diversity_ratio": ro["code_diversity_ratio"], "code_diversity_match": ro["code_diversity_match"],

@@ -47,6 +47,7 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature of the rollouts (<= 0 = argmax)")
     top_k: int = opt(50, "top-k of the rollout sampler (0 = off)")
     top_p: float = opt(1.0, "top-p of the rollout sampler (1 = off)")
+    guidance: float = opt(1.0, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
     collapse_episodes: int = opt(1, "episodes of the collapse test (each runs once per decoding rule)")
     cf_steps: int = opt(3, "steps of each counterfactual constant-action rollout")
@@ -82,7 +83,10 @@ def load_everything(cfg, device):
     if cfg.untrained:
         from model_convGru import WorldModel, WorldModelConfig
         torch.manual_seed(cfg.seed)
+        trained = model
         model = WorldModel(WorldModelConfig(**ckpt["model_args"])).to(device).eval()
+        if hasattr(trained, "codebook"):  # the tokenizer's code vectors are data, not learned weights
+            model.set_codebook(trained.codebook)
     manifest = read_manifest(cfg.data)
     candidates = [cfg.tokenizer] if cfg.tokenizer else [ckpt.get("tokenizer", {}).get("path"), manifest["tokenizer"]["path"]]
     tok_path = next((p for p in candidates if p and os.path.exists(p)), None)
@@ -157,20 +161,21 @@ def sample_chunks(chunks, logits, step):
 
 
 @torch.no_grad()
-def rollout(model, tokens, actions, context, steps, chunks, on_step=None):
+def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidance=1.0):
     """tokens [B, >=context, h, w] real frames, actions [B, context+steps-1, A]: warm up on the
     context, then feed back sampled tokens for `steps` frames. on_step(h, logits [B, K, h, w]) sees
-    the logits of every predicted frame. Returns the sampled codes [B, steps, h, w]."""
+    the logits of every predicted frame. Returns the sampled codes [B, steps, h, w]. The context is
+    unguided; guidance applies to the predicted frames."""
     state = model.init_state(tokens.shape[0], tokens.device)
     for t in range(context):
-        logits, state = model.step(tokens[:, t], actions[:, t], state)
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if t == context - 1 else 1.0)
     preds = []
     for h in range(steps):
         if on_step is not None:
             on_step(h, logits)
         preds.append(sample_chunks(chunks, logits, h))
         if h < steps - 1:
-            logits, state = model.step(preds[-1], actions[:, context + h], state)
+            logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance)
     return torch.stack(preds, 1)
 
 
@@ -184,14 +189,37 @@ def decode(tokenizer, codes, batch):
 
 # ----------------------------------------------------------------------------- teacher forcing
 
-def teacher_forced(tf_logits, tokens, codebook_size):
-    """Teacher-forced cross-entropy and token accuracy over whole held-out windows.
-    tf_logits [B, T-1, K, h, w] from model(tokens, actions), tokens [B, T, h, w]."""
-    ce, correct, cells = M.cross_entropy_and_accuracy(tf_logits.flatten(0, 1), tokens[:, 1:].flatten(0, 1))
-    copy = (tokens[:, :-1] == tokens[:, 1:]).sum().item()  # the "nothing moves" baseline
-    return {"cross_entropy": ce / cells, "accuracy": correct / cells, "copy_last_frame_accuracy": copy / cells,
-            "uniform_cross_entropy": math.log(codebook_size), "windows": int(tokens.shape[0]),
-            "frames_per_window": int(tokens.shape[1])}
+def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch):
+    """Teacher-forced cross-entropy and token accuracy over whole held-out windows, split into the
+    cells that keep their code from frame t to t+1 and those that change, and on idle and moving
+    steps; the argmax prediction decoded, against the decoded truth, next to the decoded last frame.
+    tf_logits [B, T-1, K, h, w] from model(tokens, actions), tokens [B, T, h, w], actions [B, T-1, A]."""
+    logp = torch.log_softmax(tf_logits.float(), 2)                                  # (B, T-1, K, h, w)
+    target = tokens[:, 1:]
+    nll = -logp.gather(2, target[:, :, None]).squeeze(2)                             # (B, T-1, h, w)
+    argmax = tf_logits.argmax(2)
+    hit = (argmax == target).float()
+    keep = tokens[:, :-1] == target                                                   # the "nothing moves" baseline
+    moving = actions.abs().amax(-1) > 0.05                                            # (B, T-1)
+    truth_img = decode(tokenizer, tokens, batch)                                      # (B, T, H, W, 3)
+    pred_img = decode(tokenizer, argmax, batch)
+    pixel_change = M.mean_abs_diff(truth_img[:, 1:], truth_img[:, :-1]).reshape(moving.shape)
+
+    def mean(v, where):
+        return float(v[where].mean()) if bool(where.any()) else float("nan")
+    out = {"cross_entropy": float(nll.mean()), "accuracy": float(hit.mean()), "copy_last_frame_accuracy": float(keep.float().mean()),
+           "uniform_cross_entropy": math.log(codebook_size), "windows": int(tokens.shape[0]),
+           "frames_per_window": int(tokens.shape[1]),
+           "kept_cells": {"fraction": float(keep.float().mean()), "accuracy": mean(hit, keep), "cross_entropy": mean(nll, keep)},
+           "changed_cells": {"fraction": float((~keep).float().mean()), "accuracy": mean(hit, ~keep), "cross_entropy": mean(nll, ~keep)},
+           "argmax_decoded_psnr": M.mean_psnr(M.psnr(pred_img, truth_img[:, 1:])),
+           "copy_last_frame_decoded_psnr": M.mean_psnr(M.psnr(truth_img[:, :-1], truth_img[:, 1:]))}
+    for name, where in (("idle", ~moving), ("moving", moving)):
+        cells = where[:, :, None, None].expand_as(keep)
+        out[f"{name}_steps"] = {"fraction": float(where.float().mean()), "code_change_rate": mean((~keep).float(), cells),
+                                "pixel_change_mae": float(pixel_change[where.cpu().numpy()].mean()) if bool(where.any()) else float("nan"),
+                                "accuracy": mean(hit, cells), "copy_accuracy": mean(keep.float(), cells)}
+    return out
 
 
 # ----------------------------------------------------------------------------- inverse dynamics probe
@@ -322,7 +350,7 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
 
     # every variant gets the same random numbers, so variants differ only through the model's response
     pred = rollout(model, ctx.repeat(len(names), 1, 1, 1).to(device), torch.cat(acts).to(device), C, S,
-                   [(sampler, cfg.seed)] * len(names), on_step)
+                   [(sampler, cfg.seed)] * len(names), on_step, cfg.guidance)
     frames = decode(tokenizer, pred, cfg.batch)
     frames = {n: frames[i * B:(i + 1) * B] for i, n in enumerate(names)}          # each (B, S, H, W, 3)
     ref = decode(tokenizer, ctx[:, C - 1], cfg.batch)                              # (B, H, W, 3)
@@ -386,7 +414,7 @@ def collapse_test(cfg, model, eps, device):
     S = min(cfg.collapse_steps, len(eps[0]["tokens"]) - C)
     ctx = torch.stack([e["tokens"][:C] for e in eps]).repeat(len(rules), 1, 1, 1).to(device)
     acts = torch.stack([e["actions"][:C + S - 1] for e in eps]).repeat(len(rules), 1, 1).to(device)
-    pred = rollout(model, ctx, acts, C, S, [(r, cfg.seed) for r in rules.values()])
+    pred = rollout(model, ctx, acts, C, S, [(r, cfg.seed) for r in rules.values()], guidance=cfg.guidance)
     uniq = M.code_stats(pred)[0].reshape(len(rules), B, S).mean(1)                # (rules, S)
     gt = M.code_stats(torch.stack([e["tokens"][C:C + S] for e in eps]))[0].mean(0)  # (S,)
     late = slice(10, 20) if S > 10 else slice(S - 1, S)
@@ -405,7 +433,7 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
     actions = torch.stack([e["actions"] for e in eps]).to(device)                  # (B, C+H-1, A)
     truth_tok = tokens[:, C:]                                                      # (B, H, h, w)
     tf_all = model(tokens, actions)  # teacher-forced, one batched pass (B, C+H-1, K, h, w)
-    tf_report = teacher_forced(tf_all, tokens, tokenizer.codebook_size)
+    tf_report = teacher_forced(tf_all, tokens, actions, tokenizer.codebook_size, tokenizer, cfg.batch)
     tf_logits = tf_all[:, C - 1:]                                                  # (B, H, K, h, w)
     stats = {k: [] for k in ("kl", "entropy_ar", "entropy_tf", "confidence_ar", "confidence_tf", "ce_ar", "ce_tf")}
 
@@ -419,7 +447,7 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
             nll = -lp.gather(1, truth_tok[:, h, None]).squeeze(1)                 # (B, h, w)
             stats["ce_" + name].append(nll.mean((1, 2)).cpu().numpy())
 
-    pred = rollout(model, tokens, actions, C, H, [(sampler, cfg.seed)], on_step)
+    pred = rollout(model, tokens, actions, C, H, [(sampler, cfg.seed)], on_step, cfg.guidance)
     del tf_all, tf_logits
     stats = {k: np.stack(v, 1) for k, v in stats.items()}                         # each (B, H)
     pred_img = decode(tokenizer, pred, cfg.batch)                                  # (B, H, H_img, W_img, 3)
@@ -435,7 +463,9 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
          "sampler": sampler.describe(),
          "psnr_vs_tokens": np.minimum(psnr_tok, M.PSNR_CAP_DB).mean(0).tolist(),
          "ssim_vs_tokens": per_step(M.ssim, pred_img, gt_img).mean(0).tolist(),
-         "psnr_copy_last_frame": np.minimum(per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), gt_img), M.PSNR_CAP_DB).mean(0).tolist()}
+         "psnr_copy_last_frame": np.minimum(per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), gt_img), M.PSNR_CAP_DB).mean(0).tolist(),
+         # 1 = as much fine detail as the decoded truth, < 1 blurrier
+         "sharpness_ratio": (M.sharpness(pred_img).reshape(B, H).mean(0) / np.maximum(M.sharpness(gt_img).reshape(B, H).mean(0), 1e-9)).tolist()}
     # code diversity per step
     u_pred, e_pred = M.code_stats(pred.cpu())
     u_gt, e_gt = M.code_stats(truth_tok.cpu())

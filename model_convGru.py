@@ -31,6 +31,7 @@ teacher-forced sequence in one batched conv, with GroupNorm and FiLM) and a recu
 recurrent candidate term, as in torch.nn.GRU, so no second conv is needed after the reset.
 The only Python loops are over layers and time steps.
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,9 @@ class WorldModelConfig:
     shift_radius: int = 3     # learned action-conditioned shift, +-cells on the token grid (0 = off)
     zoom_range: float = 0.0   # learned action-conditioned zoom, largest |log scale| per step (0 = off;
                               # train.py turns it on, 0 keeps checkpoints made before it loadable)
+    copy_prior: bool = False  # logits start as "each cell keeps its code, moved by the camera motion"
+    head: str = "linear"      # "linear": free per-code weights; "codebook": similarity to the tokenizer's codes
+    code_dim: int = 0         # size of the tokenizer's code vectors (head "codebook"; from the tokenizer)
 
 
 def warp(x, d, log_scale=None):
@@ -73,6 +77,27 @@ def warp(x, d, log_scale=None):
                          torch.stack([zero, inv, dy * 2 / max(H - 1, 1)], -1)], 1)         # (N, 2, 3)
     grid = F.affine_grid(theta, [N, C, H, W], align_corners=True).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def copy_sources(d, log_scale, H, W):
+    """Where each cell of the next frame takes its code from under the camera motion that warp()
+    applies: d [N, 2] (dx, dy) cells, log_scale [N] -> (flat source cells [N, H, W, 4] of the four
+    bilinear neighbours, their weights [N, H, W, 4], summing to 1). Differentiable in d and log_scale."""
+    N = d.shape[0]
+    inv = torch.exp(-log_scale.float())[:, None]                                     # (N, 1)
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    xs = torch.arange(W, device=d.device, dtype=torch.float32)
+    ys = torch.arange(H, device=d.device, dtype=torch.float32)
+    sx = (cx + (xs - cx) * inv + d[:, :1].float()).clamp(0, W - 1)                    # (N, W)
+    sy = (cy + (ys - cy) * inv + d[:, 1:].float()).clamp(0, H - 1)                    # (N, H)
+    x0 = sx.detach().floor().clamp(max=max(W - 2, 0))
+    y0 = sy.detach().floor().clamp(max=max(H - 2, 0))
+    fx, fy = (sx - x0)[:, None, :], (sy - y0)[:, :, None]                             # (N, 1, W), (N, H, 1)
+    x0, y0 = x0.long()[:, None, :], y0.long()[:, :, None]
+    x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
+    idx = torch.stack([y0 * W + x0, y0 * W + x1, y1 * W + x0, y1 * W + x1], -1)      # (N, H, W, 4)
+    w = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], -1)
+    return idx.expand(N, H, W, 4), w.expand(N, H, W, 4)
 
 
 def _gn(channels, groups):
@@ -172,8 +197,40 @@ class WorldModel(nn.Module):
         self.head = nn.Sequential(_gn(C, 8), nn.Conv2d(C, C, 3, padding=1), nn.GELU())
         # a Linear on channels-last features: logits come out with the codebook as the innermost
         # dimension, so softmax / cross-entropy / sampling over K read contiguous memory
-        self.to_logits = nn.Linear(C, K)
+        if cfg.head == "codebook":
+            # logits = <predicted code vector, tokenizer code vector> + per-code bias: codes that look
+            # alike get alike logits, so what is learned for one code carries to its near-duplicates
+            if cfg.code_dim <= 0:
+                raise ValueError("head 'codebook' needs code_dim (the tokenizer's code vector size)")
+            self.register_buffer("codebook", torch.zeros(K, cfg.code_dim))  # filled by set_codebook
+            self.to_code = nn.Linear(C, cfg.code_dim)
+            self.code_scale = nn.Parameter(torch.tensor(10.0))
+            self.code_bias = nn.Parameter(torch.zeros(K))
+        elif cfg.head == "linear":
+            self.to_logits = nn.Linear(C, K)
+        else:
+            raise ValueError(f"head must be 'linear' or 'codebook', got {cfg.head!r}")
+        if cfg.copy_prior:
+            # copy-or-generate: the head learns the change on top of "keep the moved code". Zero
+            # initialised, so an untrained model predicts exactly the (moved) last frame
+            self.copy_gain = nn.Parameter(torch.tensor(math.log(K)))  # ~even odds for the copied code
+            self.copy_gate = nn.Linear(C, 1)                           # per-cell trust in the copy
+            head_out = self.to_code if cfg.head == "codebook" else self.to_logits
+            for lin in (head_out, self.copy_gate):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self.idm = InverseDynamics(E, cfg.idm_hidden, A)
+
+    @torch.no_grad()
+    def set_codebook(self, codes):
+        """codes [K, code_dim]: the tokenizer's code vectors (head 'codebook'). The token embedding
+        starts as a fixed random projection of them, so near-duplicate codes also enter alike."""
+        codes = codes.float().to(self.codebook.device)
+        self.codebook.copy_(codes)
+        g = torch.Generator().manual_seed(0)
+        proj = torch.randn(codes.shape[1], self.cfg.embed_dim, generator=g) / codes.shape[1] ** 0.5
+        e = codes @ proj.to(codes.device)
+        self.embed.weight.copy_(e / e.std().clamp(min=1e-6))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -256,10 +313,21 @@ class WorldModel(nn.Module):
                 outs.append(h)
             new_state.append(h)
             x = x + torch.stack(outs, dim=1).flatten(0, 1)  # residual across layers       # (N, C, h', w')
-        y = self.head(self.up(x)[:, :, :H, :W] + skip)                                     # (N, C, h, w)
-        logits = self.to_logits(y.permute(0, 2, 3, 1))                                      # (N, h, w, K)
+        y = self.head(self.up(x)[:, :, :H, :W] + skip).permute(0, 2, 3, 1)                  # (N, h, w, C)
+        if self.cfg.head == "codebook":
+            v = self.to_code(y)                                                             # (N, h, w, d)
+            logits = self.code_scale * (v @ self.codebook.t().to(v.dtype)) + self.code_bias  # (N, h, w, K)
+        else:
+            logits = self.to_logits(y)                                                      # (N, h, w, K)
+        if self.cfg.copy_prior:
+            if not self.moves:
+                d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
+            src, w = copy_sources(d, zoom, H, W)                                            # (N, h, w, 4) x2
+            codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, 4)
+            gain = self.copy_gain + self.copy_gate(y)                                       # (N, h, w, 1)
+            logits = logits.scatter_add(-1, codes, (gain * w).to(logits.dtype))
         # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)
-        return logits.view(B, T, H, W, -1).permute(0, 1, 4, 2, 3), tuple(new_state)
+        return logits.reshape(B, T, H, W, -1).permute(0, 1, 4, 2, 3), tuple(new_state)
 
     def forward(self, tokens, actions, state=None, present=None, corruption=None):
         """Contract form: tokens [B, T, h, w], actions [B, T-1, A] -> logits [B, T-1, K, h, w];
@@ -267,9 +335,20 @@ class WorldModel(nn.Module):
         assert actions.shape[1] == tokens.shape[1] - 1, "need T-1 actions for T frames"
         return self.forward_sequence(tokens[:, :-1], actions, state, present, corruption)[0]
 
-    def step(self, tokens, action, state, present=None, corruption=None):
+    def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0):
         """Play: tokens [B, h, w] int64 (frame t), action [B, A] float (None = unconditioned),
-        state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state)."""
+        state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state).
+        guidance g != 1 also runs the step without the action, from the same state, and returns
+        unconditioned + g * (conditioned - unconditioned) logits (action dropout in training is what
+        makes the unconditioned half meaningful); the state carried on is the conditioned one."""
+        if guidance != 1.0 and action is not None:
+            B = tokens.shape[0]
+            present = torch.ones(B, device=tokens.device) if present is None else present.reshape(B).float()
+            both, state2 = self.step(torch.cat([tokens, tokens]), torch.cat([action, torch.zeros_like(action)]),
+                                     tuple(torch.cat([h, h]) for h in state),
+                                     torch.cat([present, torch.zeros_like(present)]), corruption)
+            cond, uncond = both[:B], both[B:]
+            return uncond + guidance * (cond - uncond), tuple(h[:B] for h in state2)
         B = tokens.shape[0]
         if action is None:
             action = torch.zeros(B, self.cfg.action_dim, device=tokens.device)

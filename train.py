@@ -57,6 +57,8 @@ class TrainConfig:
     groups_per_gate: int = opt(4, "GroupNorm groups per gate")
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
+    copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
+    head: str = opt("linear", "linear | codebook: logits from the similarity to the tokenizer's frozen code vectors")
     action_hidden: int = opt(128, "action/conditioning MLP width")
     idm_hidden: int = opt(64, "inverse-dynamics head width")
     # data
@@ -104,7 +106,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}
@@ -151,6 +153,8 @@ def load_data(cfg, master):
                              f"but {tok_path} is {tokenizer.hash}; re-run preprocess.py or pass the right --tokenizer")
     if cfg.perceptual != "off" and tokenizer is None:
         raise SystemExit("train.py: --perceptual needs a tokenizer (decode_soft); it was disabled with --tokenizer none")
+    if cfg.head == "codebook" and tokenizer is None:
+        raise SystemExit("train.py: --head codebook needs the tokenizer's code vectors; it was disabled with --tokenizer none")
     kw = dict(val_fraction=cfg.val_fraction, seed=cfg.split_seed, expect_codebook_size=K,
               expect_hash=tok_info["hash"])
     try:
@@ -430,9 +434,12 @@ def main(argv=None):
     move_index = action_names.index("move_z") if "move_z" in action_names else None
     schedule = parse_schedule(cfg.rollout_schedule, cfg.window)
 
+    codes = tokenizer.code_vectors() if tokenizer is not None and cfg.head == "codebook" else None
     mcfg = WorldModelConfig(codebook_size=K, grid=grid, action_dim=len(action_names),
-                            **{k: getattr(cfg, k) for k in MODEL_KEYS})
+                            code_dim=0 if codes is None else codes.shape[1], **{k: getattr(cfg, k) for k in MODEL_KEYS})
     model = WorldModel(mcfg).to(device)
+    if codes is not None:
+        model.set_codebook(codes)
     if tokenizer is not None:
         tokenizer.to(device)
     if ckpt is not None:

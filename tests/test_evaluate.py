@@ -148,7 +148,7 @@ class ShiftModel(torch.nn.Module):
     def init_state(self, batch, device):
         return None
 
-    def step(self, tokens, action, state):
+    def step(self, tokens, action, state, guidance=1.0):
         out = []
         for x, a in zip(tokens, action):
             if self.respond:
@@ -306,3 +306,20 @@ def test_action_tests_report_the_learned_camera_motion():
     assert res["learned_shift_dx_cells"]["yaw_right"] == pytest.approx(1.5, abs=1e-5)
     assert res["learned_shift_dy_cells"]["back"] == pytest.approx(-0.5, abs=1e-5)
     assert res["learned_zoom_percent"]["forward"] == pytest.approx(5.0, abs=1e-3)
+
+
+def test_sharpness_ratio_drops_when_blurred():
+    import cv2
+    img = textured()
+    blurred = cv2.GaussianBlur(img, (7, 7), 2.0)
+    s = M.sharpness(np.stack([img, blurred, np.full_like(img, 90)]))
+    assert s[0] > s[1] > s[2] == 0.0
+
+
+def test_border_errors_find_a_frame_around_the_picture():
+    from vq_vae.metrics import border_errors
+    x = torch.zeros(1, 3, 12, 20)
+    y = x.clone()
+    y[:, :, 0] = y[:, :, -1] = 0.5  # top and bottom rows off by 0.25 of the range
+    err = border_errors(x, y)[0]
+    assert err[2] == 0 and err[1] == pytest.approx(0.25 * 255, rel=1e-4) and err[0] > 0.25 * 255 * 0.5

@@ -179,3 +179,82 @@ def test_camera_zoom_is_learned_from_data():
 
     zoom = learn_camera_motion(tiny(shift_radius=0, zoom_range=0.5), frames, 3, 80, seed=4)[1]
     assert zoom[0] < -0.12 and zoom[2] > 0.12 and abs(zoom[1]) < 0.1, zoom  # truth: -+log 1.25 = 0.22
+
+
+@pytest.mark.parametrize("head", ["linear", "codebook"])
+@pytest.mark.parametrize("motion", [dict(), dict(zoom_range=0.2), dict(shift_radius=0)])
+def test_untrained_copy_prior_predicts_exactly_the_last_frame(head, motion):
+    """Zero-initialised: the argmax of an untrained copy-prior model is its input frame, so its
+    teacher-forced accuracy is exactly the copy-last-frame baseline's."""
+    m = tiny(copy_prior=True, head=head, code_dim=4 if head == "codebook" else 0, **motion).eval()
+    if head == "codebook":
+        m.set_codebook(F.normalize(torch.randn(K, 4, generator=torch.Generator().manual_seed(3)), dim=-1))
+    tokens, actions = batch(T=6)
+    with torch.no_grad():
+        logits = m(tokens, actions)
+    pred = logits.argmax(2)
+    assert torch.equal(pred, tokens[:, :-1])
+    accuracy = (pred == tokens[:, 1:]).float().mean()
+    assert accuracy == (tokens[:, :-1] == tokens[:, 1:]).float().mean()
+
+
+def test_copy_prior_follows_the_camera_motion():
+    """With the motion head set to shift one whole cell, the copied code of each cell is its
+    neighbour's (edges repeated), exactly as warp() moves the embedded frame."""
+    m = tiny(copy_prior=True, shift_radius=3).eval()
+    with torch.no_grad():
+        m.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(1 / 3), 0.0]))  # dx = +1 cell: content from the right
+    tokens, actions = batch(T=2)
+    with torch.no_grad():
+        pred = m(tokens, actions).argmax(2)[:, 0]
+    src = tokens[:, 0]
+    assert torch.equal(pred[:, :, :-1], src[:, :, 1:]) and torch.equal(pred[:, :, -1], src[:, :, -1])
+
+
+def test_copy_sources_match_warp():
+    from model_convGru import copy_sources, warp
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, *GRID, generator=g)
+    d, zoom = torch.randn(3, 2, generator=g) * 2, torch.randn(3, generator=g) * 0.1
+    src, w = copy_sources(d, zoom, *GRID)
+    picked = x.flatten(2).gather(2, src.reshape(3, 1, -1).expand(3, 5, -1)).view(3, 5, *GRID, 4)
+    assert torch.allclose((picked * w[:, None]).sum(-1), warp(x, d, zoom), atol=1e-5)
+
+
+def test_copy_prior_gradient_reaches_the_camera_motion():
+    m = tiny(copy_prior=True, shift_radius=3)
+    tokens, actions = batch(T=4)
+    loss = F.cross_entropy(m(tokens, actions).permute(0, 1, 3, 4, 2).reshape(-1, K), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    assert m.shift[-1].weight.grad.abs().sum() > 0
+
+
+def test_codebook_head_ties_logits_to_code_similarity():
+    m = tiny(head="codebook", code_dim=4).eval()
+    codes = F.normalize(torch.randn(K, 4, generator=torch.Generator().manual_seed(1)), dim=-1)
+    codes[1] = codes[0]  # two identical code vectors must get identical logits everywhere
+    m.set_codebook(codes)
+    tokens, actions = batch(T=3)
+    with torch.no_grad():
+        logits = m(tokens, actions)
+    assert torch.allclose(logits[:, :, 0] - m.code_bias[0], logits[:, :, 1] - m.code_bias[1], atol=1e-5)
+    assert torch.equal(m.state_dict()["codebook"], codes)
+    with pytest.raises(ValueError, match="code_dim"):
+        tiny(head="codebook")
+
+
+@pytest.mark.parametrize("copy_prior", [False, True])
+def test_guidance_one_is_plain_step_and_zero_is_unconditioned(copy_prior):
+    m = moving(copy_prior=copy_prior).eval()
+    tokens, actions = batch(T=2)
+    state = m.init_state(2, "cpu")
+    with torch.no_grad():
+        plain, s1 = m.step(tokens[:, 0], actions[:, 0], state)
+        g1, s2 = m.step(tokens[:, 0], actions[:, 0], state, guidance=1.0)
+        g0, s3 = m.step(tokens[:, 0], actions[:, 0], state, guidance=0.0)
+        uncond, _ = m.step(tokens[:, 0], None, state)
+        g2, _ = m.step(tokens[:, 0], actions[:, 0], state, guidance=2.0)
+    assert torch.equal(plain, g1)
+    assert torch.allclose(g0, uncond, atol=1e-5)
+    assert torch.allclose(g2, 2 * plain - uncond, atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(s1, s3))  # the state carried on is the conditioned one

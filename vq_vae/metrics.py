@@ -44,6 +44,18 @@ def psnr(x, y) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
+def border_errors(x, y):
+    """Mean absolute error on the 0-255 scale of (B, 3, H, W) images in [-1, 1], split by where it
+    is: the outermost rows and columns, the four corner pixels, and everything inside. A decoder
+    that draws a frame around its pictures shows up as border >> inner. -> (B, 3) [border, corner, inner]."""
+    err = (to_unit(x) - to_unit(y)).abs().mean(1) * 255                      # (B, H, W)
+    edge = torch.zeros(err.shape[1:], dtype=torch.bool, device=err.device)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+    corner = torch.zeros_like(edge)
+    corner[0, 0] = corner[0, -1] = corner[-1, 0] = corner[-1, -1] = True
+    return torch.stack([err[:, edge].mean(1), err[:, corner].mean(1), err[:, ~edge].mean(1)], 1)
+
+
 def _gaussian_window(size=11, sigma=1.5, channels=3, device=None):
     g = torch.exp(-((torch.arange(size, device=device) - size // 2).float() ** 2) / (2 * sigma ** 2))
     g = g / g.sum()

@@ -93,6 +93,10 @@ class Tokenizer:
                              f"got {tuple(probs.shape)}")
         return self.model.decode_soft(probs).clamp(-1, 1)
 
+    def code_vectors(self) -> torch.Tensor:
+        """float (K, d): the vector each code decodes from (world models tie their output head to these)."""
+        return self.model.quantizer.all_codes().detach().float().cpu()
+
     def to(self, device):
         self.device = torch.device(device)
         self.model.to(self.device)

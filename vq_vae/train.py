@@ -25,7 +25,7 @@ from config import format_config, opt, parse_config
 from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, get_rng_state,
                    latest_checkpoint, resolve_precision, save_checkpoint, seed_everything, set_rng_state,
                    setup_distributed)
-from vq_vae.metrics import build_lpips, check_lpips_weights, code_counts, codebook_stats, psnr, ssim
+from vq_vae.metrics import border_errors, build_lpips, check_lpips_weights, code_counts, codebook_stats, psnr, ssim
 from vq_vae.model import VQVAE, VQVAEConfig
 from vq_vae.tokenizer import export_tokenizer
 
@@ -161,10 +161,15 @@ def get_lr(step, cfg, time_frac=0.0):
 
 @torch.no_grad()
 def evaluate(model, frames, device, ctx, lpips_model=None, batch_size=64):
-    """Held-out metrics: codebook usage / perplexity / dead codes over all frames, PSNR, SSIM, LPIPS."""
+    """Held-out metrics: codebook usage / perplexity / dead codes over all frames, PSNR, SSIM, LPIPS,
+    the error at the picture's border against inside, and token stability: how often a cell's code
+    changes between consecutive frames (held-out frames are whole clips in order), next to how much
+    the pixels change."""
     model.eval()
     counts = torch.zeros(model.num_codes, dtype=torch.int64)
     sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
+    border = torch.zeros(3, dtype=torch.float64)
+    changed, pixel_change, pairs, prev = 0.0, 0.0, 0, None
     for i in range(0, frames.shape[0], batch_size):
         x = to_input(frames[i:i + batch_size], device)
         with ctx:
@@ -173,6 +178,12 @@ def evaluate(model, frames, device, ctx, lpips_model=None, batch_size=64):
         counts += code_counts(idx, model.num_codes)
         sums["psnr"] += psnr(x, y).sum().item()
         sums["ssim"] += ssim(x, y).sum().item()
+        border += border_errors(x, y).sum(0).double().cpu()
+        xs, ids = (x, idx) if prev is None else (torch.cat([prev[0], x]), torch.cat([prev[1], idx]))
+        changed += (ids[1:] != ids[:-1]).float().mean((1, 2)).sum().item()
+        pixel_change += ((xs[1:] - xs[:-1]).abs().mean((1, 2, 3)) * 127.5).sum().item()
+        pairs += len(ids) - 1
+        prev = (x[-1:], idx[-1:])
         if lpips_model is not None:
             sums["lpips"] += lpips_model(x, y.clamp(-1, 1)).sum().item()
     model.train()
@@ -180,7 +191,9 @@ def evaluate(model, frames, device, ctx, lpips_model=None, batch_size=64):
     stats = codebook_stats(counts)
     out = {"eval_frames": n, "usage": stats["usage"], "perplexity": stats["perplexity"],
            "perplexity_ratio": stats["perplexity"] / model.num_codes, "dead_codes": stats["dead_codes"],
-           "psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n}
+           "psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n,
+           "mae_border": float(border[0] / n), "mae_corners": float(border[1] / n), "mae_inner": float(border[2] / n),
+           "code_change_rate": changed / max(pairs, 1), "pixel_change_mae": pixel_change / max(pairs, 1)}
     if lpips_model is not None:
         out["lpips"] = sums["lpips"] / n
     return out
