@@ -119,10 +119,10 @@ def checkpoint_kind(obj):
         return None
     if obj.get("format") == "ochre-tokenizer":
         return "tokenizer"
-    if {"model_args", "model", "action_names"} <= obj.keys():
-        return "world model"
     if {"model", "data_state"} <= obj.keys():
         return "tokenizer checkpoint"
+    if {"model_args", "model"} <= obj.keys():
+        return "world model"
     return None
 
 
