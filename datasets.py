@@ -197,7 +197,10 @@ def minerl_raw_actions(npz, where: str) -> np.ndarray:
 
 
 def load_minerl(folder):
-    """One v4_<stream> folder -> Trajectory, after cross-checking every length it records."""
+    """One v4_<stream> folder -> Trajectory, aligned as the official loader does (DATA_FORMATS.md):
+    N comes from `reward` (else the actions), the video is aligned by its end with
+    true_video_frame_count. Lengths the publisher's metadata states but the loader never reads
+    (duration_steps, duration_ms) only give notes when they disagree by more than one step."""
     video, meta_path, npz_path = (os.path.join(folder, n) for n in ("recording.mp4", "metadata.json", "rendered.npz"))
     for p in (video, meta_path, npz_path):
         if not os.path.exists(p):
@@ -207,34 +210,39 @@ def load_minerl(folder):
             meta = json.load(f)
         with np.load(npz_path) as z:
             raw = minerl_raw_actions({k: z[k] for k in z.files if k.startswith("action$")}, npz_path)
+            reward_len = len(z["reward"]) if "reward" in z.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{folder}: unreadable metadata.json or rendered.npz ({type(e).__name__}: {e})") from None
-    n = len(raw)
+    n = len(raw) if reward_len is None else reward_len
+    if len(raw) != n:
+        raise DataError(f"{folder}: cannot align: rendered.npz has {n} rewards but {len(raw)} actions")
     fps, _, _, count = probe_video(video)
     # Real MineRL is 20 Hz; trust the container's rate only when it is plausible, and say so.
     tick_hz = fps if fps > 0 else MINERL_TICK_HZ
-    notes = () if abs(tick_hz - MINERL_TICK_HZ) < 0.5 else (f"{video}: {tick_hz:.2f} fps, not MineRL's 20 Hz",)
+    notes = [] if abs(tick_hz - MINERL_TICK_HZ) < 0.5 else [f"{video}: {tick_hz:.2f} fps, not MineRL's 20 Hz"]
     true_count = int(meta.get("true_video_frame_count", count))
-    problems = []
-    if "duration_steps" in meta and int(meta["duration_steps"]) != n:
-        problems.append(f"duration_steps={meta['duration_steps']} but rendered.npz has N={n} actions")
-    if "duration_ms" in meta and abs(float(meta["duration_ms"]) / 1000.0 * tick_hz - n) > 1:
-        problems.append(f"duration_ms={meta['duration_ms']} is {float(meta['duration_ms']) / 1000 * tick_hz:.0f} "
-                        f"ticks at {tick_hz:g} Hz, but N={n}")
-    if true_count != count:
-        problems.append(f"true_video_frame_count={true_count} but the mp4 holds {count} frames")
-    if count < n + 1:
-        problems.append(f"the mp4 holds {count} frames, fewer than N+1={n + 1}")
-    if problems:
-        raise DataError(f"{folder}: inconsistent lengths: " + "; ".join(problems))
+    if true_count < n + 1:
+        raise DataError(f"{folder}: cannot align: true_video_frame_count={true_count} is fewer than N+1={n + 1} frames")
+    if count < true_count:
+        raise DataError(f"{folder}: cannot align: the mp4 holds {count} frames, true_video_frame_count says "
+                        f"{true_count} (truncated video?)")
+    if count > true_count:
+        notes.append(f"{folder}: the mp4 holds {count} frames, true_video_frame_count={true_count}; the last "
+                     f"{count - true_count} are not used")
+    steps = meta.get("duration_steps")
+    if steps is not None and int(steps) not in (n, n + 1):  # N or N + 1 (observations): both are published
+        notes.append(f"{folder}: duration_steps={steps} but rendered.npz has N={n} actions")
+    if "duration_ms" in meta and min(abs(float(meta["duration_ms"]) / 1000.0 * tick_hz - k) for k in (n, n + 1)) > 1:
+        notes.append(f"{folder}: duration_ms={meta['duration_ms']} is {float(meta['duration_ms']) / 1000 * tick_hz:.0f} "
+                     f"ticks at {tick_hz:g} Hz, but N={n}")
     gt = os.path.join(folder, "groundtruth.json")
     env = os.path.basename(os.path.dirname(os.path.normpath(folder)))
     return Trajectory(
         name=f"{env}__{os.path.basename(os.path.normpath(folder))}", source="minerl", video_path=video,
         fps=tick_hz, num_frames=n + 1, raw_actions=raw, mask=act.action_mask(),
-        groundtruth=gt if os.path.exists(gt) else None, lead_skip=count - (n + 1), notes=notes)
+        groundtruth=gt if os.path.exists(gt) else None, lead_skip=true_count - (n + 1), notes=tuple(notes))
 
 
 def list_minerl(root):
@@ -381,6 +389,35 @@ def read_manifest(data_dir) -> dict:
         if missing:
             raise ValueError(f"{path}: trajectory {i} lacks {', '.join(missing)}")
     return m
+
+
+def load_token_file(path, tokenizer=None, what="token file"):
+    """One token .npz -> (tokens [K, h, w] uint16, actions [K-1, A] float32), checked against the
+    tokenizer that will decode it: the grid, the code range and the tokenizer hash its meta records."""
+    from utils import BadFile, check_file
+    check_file(path, what)
+    label = f"{what} {path}"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "tokens" not in z.files or "actions" not in z.files:
+                raise BadFile(f"{label}: not a token file (no tokens / actions arrays; preprocess.py writes them)")
+            tokens, actions = z["tokens"], z["actions"]
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    except BadFile:
+        raise
+    except Exception as e:  # np.load raises many kinds for a damaged zip
+        raise BadFile(f"{label}: truncated or corrupt ({type(e).__name__})", corrupt=True) from None
+    if tokens.ndim != 3 or len(actions) != len(tokens) - 1:
+        raise BadFile(f"{label}: tokens {tokens.shape} and actions {actions.shape} do not fit together")
+    if tokenizer is not None:
+        made_by = (meta.get("tokenizer") or {}).get("hash")
+        if made_by and made_by != tokenizer.hash:
+            raise BadFile(f"{label}: made by tokenizer {made_by}, but this model's tokenizer is {tokenizer.hash}")
+        if tokens.shape[1:] != tuple(tokenizer.grid):
+            raise BadFile(f"{label}: token grid {tokens.shape[1:]} does not match the tokenizer's {tuple(tokenizer.grid)}")
+        if len(tokens) and int(tokens.max()) >= tokenizer.codebook_size:
+            raise BadFile(f"{label}: holds code {int(tokens.max())}, the tokenizer has {tokenizer.codebook_size}")
+    return tokens, actions
 
 
 def memmap_npz_member(path, key):

@@ -30,7 +30,7 @@ import eval_metrics as M
 from config import format_config, opt, parse_config
 from sampling import Sampler
 from eval_report import finite_or_none, fmt, headline, plot_all, write_markdown, write_video
-from utils import atomic_torch_save, atomic_write_json, latest_checkpoint, resolve_device, seed_everything
+from utils import BadFile, atomic_torch_save, atomic_write_json, resolve_device, seed_everything
 
 
 @dataclass
@@ -76,10 +76,8 @@ def load_everything(cfg, device):
     from datasets import read_manifest
     from train import load_world_model
     from vq_vae import load_tokenizer
-    path = latest_checkpoint(cfg.checkpoint)
-    if path is None:
-        sys.exit(f"evaluate: no checkpoint found at {cfg.checkpoint!r}")
-    model, ckpt = load_world_model(path, device)
+    model, ckpt = load_world_model(cfg.checkpoint, device)
+    path = ckpt["path"]
     if cfg.untrained:
         from model_convGru import WorldModel, WorldModelConfig
         torch.manual_seed(cfg.seed)
@@ -87,9 +85,12 @@ def load_everything(cfg, device):
         model = WorldModel(WorldModelConfig(**ckpt["model_args"])).to(device).eval()
         if hasattr(trained, "codebook"):  # the tokenizer's code vectors are data, not learned weights
             model.set_codebook(trained.codebook)
-    manifest = read_manifest(cfg.data)
+    try:
+        manifest = read_manifest(cfg.data)
+    except (FileNotFoundError, ValueError) as e:
+        raise BadFile(f"--data {cfg.data}: {e}") from None
     candidates = [cfg.tokenizer] if cfg.tokenizer else [ckpt.get("tokenizer", {}).get("path"), manifest["tokenizer"]["path"]]
-    tok_path = next((p for p in candidates if p and os.path.exists(p)), None)
+    tok_path = cfg.tokenizer or next((p for p in candidates if p and os.path.exists(p)), None)
     if tok_path is None:
         sys.exit(f"evaluate: tokenizer not found (tried {candidates}); pass --tokenizer")
     tokenizer = load_tokenizer(tok_path, device=device)
@@ -233,8 +234,9 @@ def train_idm(cfg, data_dir, frac, split_seed, tokenizer_hash, device):
     val = TokenWindowDataset(data_dir, 2, split="val", val_fraction=frac, seed=split_seed)
     probe = M.InverseDynamicsProbe().to(device)
     cache = os.path.join(data_dir, f".idm_probe_{tokenizer_hash}_{frac:g}_{split_seed}_{cfg.idm_steps}x{cfg.idm_batch}_{cfg.seed}.pt")
-    if cfg.idm_cache and os.path.exists(cache):
-        probe.load_state_dict(torch.load(cache, map_location=device))
+    state = load_cache(cache) if cfg.idm_cache else None
+    if state is not None:
+        probe.load_state_dict(state)
     else:
         train_probe(probe, train, cfg, device)
         if cfg.idm_cache:
@@ -244,6 +246,17 @@ def train_idm(cfg, data_dir, frac, split_seed, tokenizer_hash, device):
     x, a = zip(*(val[int(i)] for i in idx))
     x, a = torch.stack(x).to(device), torch.stack(a)[:, 0].to(device)
     return probe, M.idm_scores(probe, x[:, 0], x[:, 1], a)
+
+
+def load_cache(path):
+    """A cached probe's state dict (weights only), or None when absent or unusable (then it is retrained)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        print(f"note: ignoring the cached probe {path} ({type(e).__name__}); training it again")
+        return None
 
 
 def train_probe(probe, train, cfg, device):

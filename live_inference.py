@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 import actions
 from config import format_config, opt, parse_config
 from sampling import Sampler
-from utils import atomic_write_json, autocast_context, resolve_device
+from utils import BadFile, atomic_write_json, autocast_context, check_file, file_hash, load_json, resolve_device
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -59,11 +60,13 @@ class Config:
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
     sensitivity: float = opt(0.15, "mouse look, camera degrees per pixel")
     arrow_speed: float = opt(5.0, "arrow-key look, camera degrees per tick")
-    record: str | None = opt(None, "write the session video (H.264 .mp4) here, plus a .json sidecar of "
-                                   "per-frame actions")
+    record: str | None = opt(None, "write the session video (H.264 .mp4) here, plus a .json sidecar with "
+                                   "per-frame actions and what a replay needs (start, seed, sampler, checkpoint hash)")
+    overwrite: bool = opt(False, "let --record replace an existing video and sidecar")
     headless: bool = opt(False, "no window: replay --actions for --frames frames (with --record to keep the video)")
     actions: str | None = opt(None, "JSON actions to replay: a list of [7] vectors or {name: value} dicts, a "
-                                    "recording's sidecar, or a sandbox groundtruth file (raw_actions)")
+                                    "recording's sidecar (replays the session: its start, seed and sampler are "
+                                    "used unless given here), or a sandbox groundtruth file (raw_actions)")
     frames: int = opt(0, "stop after this many frames (start frame included); 0 = headless: one per action, "
                          "window: until quit")
     side_by_side: bool = opt(False, "show the true sandbox next to the model, driven by the same inputs "
@@ -204,23 +207,21 @@ def load_env(cfg: Config):
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    try:
-        model, ckpt = load_world_model(cfg.checkpoint, device)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"live_inference.py: {e} (train one with `make demo`, or pass --checkpoint)")
+    model, ckpt = load_world_model(cfg.checkpoint, device)
     named = ckpt.get("tokenizer") or {}
     path = cfg.tokenizer or named.get("path")
     if not path:
         raise SystemExit("the checkpoint names no tokenizer path: pass --tokenizer")
-    if not os.path.exists(path):
-        raise SystemExit(f"tokenizer {path} (named by the checkpoint) not found: pass --tokenizer")
-    tokenizer = load_tokenizer(path, device=device)
+    tokenizer = load_tokenizer(path, device=device, what="--tokenizer" if cfg.tokenizer else "the checkpoint's tokenizer")
     if tokenizer.codebook_size != named.get("codebook_size", tokenizer.codebook_size):
-        raise SystemExit(f"tokenizer {path} has {tokenizer.codebook_size} codes but the world model was trained "
-                         f"on {named['codebook_size']}: wrong --tokenizer")
-    if named.get("hash") and getattr(tokenizer, "hash", None) and tokenizer.hash != named["hash"]:
-        print(f"warning: tokenizer {path} is not the file the model was trained with "
-              f"(hash {tokenizer.hash} != {named['hash']})")
+        raise BadFile(f"--tokenizer {path}: has {tokenizer.codebook_size} codes but the world model was trained "
+                      f"on {named['codebook_size']}")
+    if named.get("hash") and tokenizer.hash != named["hash"]:
+        if not cfg.tokenizer:  # the file at the recorded path was replaced: its codes mean something else
+            raise BadFile(f"the checkpoint's tokenizer {path}: is tokenizer {tokenizer.hash}, the model was trained "
+                          f"with {named['hash']}; pass --tokenizer to use it anyway")
+        print(f"WARNING: --tokenizer {path} is tokenizer {tokenizer.hash}, the model was trained with "
+              f"{named['hash']}: expect wrong colours and shapes")
     if cfg.half and device.type != "cuda":
         print("note: --half only applies on CUDA; running fp32")
     sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p)
@@ -259,18 +260,23 @@ def load_start(cfg: Config, tokenizer, fps: float, stride: int) -> Start:
             frames = frames[::stride]
         return Start(_encode(tokenizer, frames), zero(n - 1), f"sandbox seed {cfg.seed}",
                      sandbox=(world, states[-1]))
+    what = "--start"
     if os.path.isdir(src):
-        with open(os.path.join(src, "manifest.json")) as f:
-            trajs = json.load(f)["trajectories"]
-        src = os.path.join(src, trajs[cfg.start_traj]["file"])
+        from datasets import read_manifest
+        try:
+            trajs = read_manifest(src)["trajectories"]
+        except (FileNotFoundError, ValueError) as e:
+            raise BadFile(f"--start {src}: {e}") from None
+        if not 0 <= cfg.start_traj < len(trajs):
+            raise BadFile(f"--start_traj {cfg.start_traj}: {src} holds {len(trajs)} trajectories (0..{len(trajs) - 1})")
+        src, what = os.path.join(src, trajs[cfg.start_traj]["file"]), f"--start {src} trajectory {cfg.start_traj}"
     ext = os.path.splitext(src)[1].lower()
+    if ext in (".npz",) + IMAGE_EXTS + VIDEO_EXTS:
+        check_file(src, what)
     if ext == ".npz":
-        data = np.load(src)
-        tokens, acts = data["tokens"], data["actions"]
-        if tokens.shape[1:] != tuple(tokenizer.grid):
-            raise SystemExit(f"{src}: token grid {tokens.shape[1:]} does not match the tokenizer's "
-                             f"{tuple(tokenizer.grid)}")
-        i = cfg.start_index % len(tokens)
+        from datasets import load_token_file
+        tokens, acts = load_token_file(src, tokenizer, what)
+        i = start_frame(cfg.start_index, len(tokens), what)
         lo = max(0, i - n + 1)
         return Start(torch.from_numpy(tokens[lo:i + 1].astype(np.int64)), acts[lo:i].astype(np.float32),
                      f"{os.path.basename(src)} frame {i}")
@@ -278,16 +284,19 @@ def load_start(cfg: Config, tokenizer, fps: float, stride: int) -> Start:
         import cv2
         img = cv2.imread(src, cv2.IMREAD_COLOR)
         if img is None:
-            raise SystemExit(f"cannot read image {src}")
+            raise BadFile(f"--start {src}: not a readable image")
         frame = _resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), tokenizer.frame_size)
         return Start(_encode(tokenizer, frame[None]), zero(0), os.path.basename(src))
     if ext in VIDEO_EXTS:
         import av
-        with av.open(src) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        try:
+            with av.open(src) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except Exception as e:  # av raises many error classes for broken files
+            raise BadFile(f"--start {src}: cannot decode the video ({type(e).__name__})") from None
         if not frames:
-            raise SystemExit(f"no frames in video {src}")
-        i = cfg.start_index % len(frames)
+            raise BadFile(f"--start {src}: no frames in this video")
+        i = start_frame(cfg.start_index, len(frames), f"--start {src}")
         lo = max(0, i - n + 1)
         ctx = np.stack([_resize(f, tokenizer.frame_size) for f in frames[lo:i + 1]])
         # a plain video has no recorded actions: the context is fed with idle ones
@@ -296,20 +305,53 @@ def load_start(cfg: Config, tokenizer, fps: float, stride: int) -> Start:
                      f"({', '.join(IMAGE_EXTS)}) or a video ({', '.join(VIDEO_EXTS)})")
 
 
+def start_frame(index: int, length: int, what: str) -> int:
+    """--start_index (negative counts from the end) -> a frame of a start of `length` frames."""
+    if not -length <= index < length:
+        raise BadFile(f"--start_index {index}: {what} has {length} frames ({-length}..{length - 1})")
+    return index % length
+
+
+def is_sidecar(data) -> bool:
+    return isinstance(data, dict) and "actions" in data and "resets" in data
+
+
 def load_actions(path: str, stride: int) -> np.ndarray:
-    """A JSON file of actions -> [N, 7] float32 step actions (formats: see --actions)."""
-    with open(path) as f:
-        data = json.load(f)
-    if isinstance(data, dict) and "raw_actions" in data:  # sandbox groundtruth: raw ticks
-        return actions.aggregate(np.asarray(data["raw_actions"], dtype=np.float32), stride)
-    if isinstance(data, dict) and "actions" in data:  # our sidecar: entry i produced frame i
-        resets = set(data.get("resets", [0]))
-        return np.asarray([a for i, a in enumerate(data["actions"]) if i not in resets], dtype=np.float32)
-    rows = [actions.make_action(**a) if isinstance(a, dict) else a for a in data]
-    out = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
-    if out.shape[1] != actions.ACTION_DIM:
-        raise SystemExit(f"{path}: actions must have {actions.ACTION_DIM} values {actions.ACTION_NAMES}")
-    return out
+    """A JSON list of actions or a groundtruth file -> [N, 7] float32 step actions (a recording's
+    sidecar is replayed whole by run_headless instead)."""
+    data = load_json(path, "--actions")
+    try:
+        if isinstance(data, dict) and "raw_actions" in data:  # sandbox groundtruth: raw ticks
+            return actions.aggregate(np.asarray(data["raw_actions"], dtype=np.float32), stride)
+        if isinstance(data, list):
+            rows = [actions.make_action(**a) if isinstance(a, dict) else a for a in data]
+            out = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+        else:
+            raise ValueError("expected a list of actions, a recording's sidecar or a groundtruth file")
+    except (TypeError, ValueError) as e:
+        raise BadFile(f"--actions {path}: not a list of actions ({e})") from None
+    if out.ndim != 2 or (len(out) and out.shape[1] != actions.ACTION_DIM):
+        raise BadFile(f"--actions {path}: each action must have {actions.ACTION_DIM} values {list(actions.ACTION_NAMES)}")
+    return out.reshape(-1, actions.ACTION_DIM)
+
+
+REPLAY_KEYS = ("start", "start_index", "start_traj", "context", "seed", "temperature", "top_k", "top_p", "greedy",
+               "side_by_side")
+
+
+def replay_config(cfg: Config, sidecar: dict, path: str) -> Config:
+    """A recording's settings for a replay of it: each REPLAY_KEYS value left at its default here is
+    taken from the recording; one given on the command line wins, and is named (frames will differ)."""
+    recorded, defaults, changes = sidecar.get("config") or {}, Config(), {}
+    for k in REPLAY_KEYS:
+        if k not in recorded:
+            continue
+        if getattr(cfg, k) == getattr(defaults, k):
+            changes[k] = recorded[k]
+        elif getattr(cfg, k) != recorded[k]:
+            print(f"note: --{k} {getattr(cfg, k)!r} overrides the recording's {recorded[k]!r}: the replay will differ")
+    print(f"replaying {path}: " + ", ".join(f"{k} {v!r}" for k, v in changes.items()))
+    return dataclasses.replace(cfg, **changes)
 
 
 # ----------------------------------------------------------------------------- recording
@@ -317,26 +359,34 @@ def load_actions(path: str, stride: int) -> np.ndarray:
 class Recorder:
     """The session as H.264 video (libx264, yuv420p) + a JSON sidecar: for every frame, the
     action that produced it (`actions[i]` took frame i-1 to frame i; zeros at a start frame,
-    listed in `resets`), as in GameFactory metadata where entry 0 is a zero action."""
+    listed in `resets`), as in GameFactory metadata where entry 0 is a zero action; `sampling`
+    lists [frame, sampler settings] wherever they changed. With `config` (start, seed, ...) and
+    the checkpoint's hash in `meta`, that is all a replay needs to give the same frames."""
 
     def __init__(self, path: str, fps: float, width: int, height: int, meta: dict):
         from sandbox.formats import VideoWriter  # imported here: sandbox pulls in numba
         self.path, self.meta = path, meta
         self.video = VideoWriter(path, width, height, fps, crf=18, preset="veryfast")
-        self.actions, self.resets = [], []
+        self.actions, self.resets, self.sampling = [], [], []
 
-    def write(self, frame: np.ndarray, action=None):
+    def write(self, frame: np.ndarray, action=None, sampling=None):
         if action is None:
             self.resets.append(len(self.actions))
+        if sampling is not None and (not self.sampling or self.sampling[-1][1] != sampling):
+            self.sampling.append([len(self.actions), sampling])
         self.actions.append([float(x) for x in (np.zeros(actions.ACTION_DIM) if action is None else action)])
         self.video.write(frame)
 
     def close(self) -> str:
         self.video.close()
-        sidecar = os.path.splitext(self.path)[0] + ".json"
-        atomic_write_json(dict(self.meta, version=1, action_names=list(actions.ACTION_NAMES),
-                               num_frames=len(self.actions), resets=self.resets, actions=self.actions), sidecar)
-        return sidecar
+        atomic_write_json(dict(self.meta, version=2, action_names=list(actions.ACTION_NAMES),
+                               num_frames=len(self.actions), resets=self.resets, sampling=self.sampling,
+                               actions=self.actions), sidecar_path(self.path))
+        return sidecar_path(self.path)
+
+
+def sidecar_path(video_path: str) -> str:
+    return os.path.splitext(video_path)[0] + ".json"
 
 
 # ----------------------------------------------------------------------------- the loops
@@ -364,10 +414,11 @@ class Session:
         if cfg.overlap:
             from concurrent.futures import ThreadPoolExecutor
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.checkpoint_hash = file_hash(ckpt["path"])
         if cfg.record:
-            meta = {"checkpoint": cfg.checkpoint, "start": self.start.description, "fps": self.loop_fps,
-                    "model_fps": self.fps, "stride": self.stride, "sampling": self.env.sampler.describe(),
-                    "side_by_side": bool(self.twin), "config": asdict(cfg)}
+            meta = {"checkpoint": ckpt["path"], "checkpoint_hash": self.checkpoint_hash,
+                    "tokenizer_hash": tok.hash, "start_description": self.start.description, "fps": self.loop_fps,
+                    "model_fps": self.fps, "stride": self.stride, "side_by_side": bool(self.twin), "config": asdict(cfg)}
             self.recorder = Recorder(cfg.record, self.loop_fps, W * (2 if self.twin else 1), H, meta)
         print(f"start: {self.start.description} ({len(self.start.tokens)} context frames) | model {self.fps:g} "
               f"fps, stride {self.stride} | device {self.env.device} | sampling {self.env.sampler.describe()}")
@@ -379,11 +430,19 @@ class Session:
     def frames_done(self) -> int:
         return self.frames_shown + (self.pending is not None)
 
+    def sampling(self) -> dict:
+        s = self.env.sampler
+        return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
+
+    def set_sampling(self, settings: dict):
+        for k, v in settings.items():
+            setattr(self.env.sampler, k, v)
+
     def reset(self):
         self.flush()
         frame = self.env.reset(self.start)
         truth = self.twin.reset() if self.twin else None
-        self.record(frame, truth, None)
+        self.record(frame, truth, None, self.sampling())
         self.last = (frame, truth)
         return self.last
 
@@ -391,30 +450,31 @@ class Session:
         """One step; returns (model frame, sandbox frame or None) to show. With --overlap the
         frame shown is the previous step's: its decode ran in a worker thread during this step's
         model call (the two cores work at once, for one frame of extra latency)."""
+        sampling = self.sampling()  # the settings this step samples with (the keys change them between steps)
         if self.pool is None:
             frame = self.env.step(action)
             truth = self.twin.step(action) if self.twin else None
-            self.record(frame, truth, action)
+            self.record(frame, truth, action, sampling)
             self.last = (frame, truth)
             return self.last
         tokens = self.env.predict(action)
         truth = self.twin.step(action) if self.twin else None
         self.flush()
-        self.pending = (self.pool.submit(self.env.decode, tokens), truth, action)
+        self.pending = (self.pool.submit(self.env.decode, tokens), truth, action, sampling)
         return self.last
 
     def flush(self):
         """Wait for the frame being decoded in the worker (if any) and record it."""
         if self.pending is not None:
-            future, truth, action = self.pending
+            future, truth, action, sampling = self.pending
             self.pending = None
             self.last = (future.result(), truth)
-            self.record(self.last[0], truth, action)
+            self.record(self.last[0], truth, action, sampling)
 
-    def record(self, frame, truth, action):
+    def record(self, frame, truth, action, sampling=None):
         self.frames_shown += 1
         if self.recorder:
-            self.recorder.write(np.concatenate([truth, frame], axis=1) if self.twin else frame, action)
+            self.recorder.write(np.concatenate([truth, frame], axis=1) if self.twin else frame, action, sampling)
 
     def close(self):
         self.flush()
@@ -425,21 +485,41 @@ class Session:
             print(f"recorded {len(self.recorder.actions)} frames to {self.cfg.record} (+ {sidecar})")
 
 
-def run_headless(cfg: Config):
+def replay_script(sidecar: dict) -> list:
+    """A recording's frames after the first -> [(action [7] or None for a reset, sampler settings or None)]."""
+    acts, resets = np.asarray(sidecar["actions"], np.float32), set(sidecar["resets"])
+    changes = {int(i): settings for i, settings in sidecar.get("sampling", [])}
+    return [(None if i in resets else acts[i], changes.get(i)) for i in range(1, len(acts))]
+
+
+def run_headless(cfg: Config, sidecar: dict | None = None):
     s = Session(cfg)
-    acts = load_actions(cfg.actions, s.stride) if cfg.actions else np.zeros((0, actions.ACTION_DIM), np.float32)
-    n = cfg.frames or len(acts) + 1
-    if len(acts) == 0:
+    if sidecar is not None:
+        script = replay_script(sidecar)
+        if sidecar.get("checkpoint_hash") not in (None, s.checkpoint_hash):
+            print(f"WARNING: replaying on checkpoint {s.checkpoint_hash}, the session was recorded with "
+                  f"{sidecar['checkpoint_hash']}: the frames will differ from the recording")
+    else:
+        acts = load_actions(cfg.actions, s.stride) if cfg.actions else np.zeros((0, actions.ACTION_DIM), np.float32)
+        script = [(a, None) for a in acts]
+    n = cfg.frames or len(script) + 1
+    if len(script) == 0:
         print("no --actions: standing still")
-        acts = np.zeros((1, actions.ACTION_DIM), np.float32)
-    elif len(acts) < n - 1:
-        print(f"{len(acts)} actions for {n - 1} steps: repeating them")
+        script = [(np.zeros(actions.ACTION_DIM, np.float32), None)]
+    elif len(script) < n - 1:
+        print(f"{len(script)} actions for {n - 1} steps: repeating them")
     ms = dict.fromkeys(("step_ms", "sample_ms", "decode_ms"), 0.0)
     try:
         s.reset()
         t0 = time.perf_counter()
         for i in range(n - 1):
-            s.step(acts[i % len(acts)])
+            action, sampling = script[i % len(script)]
+            if sampling is not None:
+                s.set_sampling(sampling)
+            if action is None:
+                s.reset()
+                continue
+            s.step(action)
             for k in ms:
                 ms[k] += s.env.timings[k]
         wall = time.perf_counter() - t0
@@ -519,11 +599,26 @@ def play_loop(cfg: Config, s: Session, keymap, win):
         clock.tick(s.loop_fps)
 
 
+def check_record(cfg: Config):
+    """--record never replaces a video or sidecar unless asked, and is refused before anything runs."""
+    for path in (cfg.record, sidecar_path(cfg.record)):
+        if os.path.exists(path) and not cfg.overwrite:
+            raise BadFile(f"--record {cfg.record}: {path} already exists; pass --overwrite to replace it")
+
+
 def main(argv=None):
     cfg = parse_config(Config, sys.argv[1:] if argv is None else argv, description=__doc__)
+    if cfg.record:
+        check_record(cfg)
+    sidecar = None
+    if cfg.actions:
+        data = load_json(cfg.actions, "--actions")
+        if is_sidecar(data):
+            sidecar = data
+            cfg = replay_config(cfg, data, cfg.actions)
     print(format_config(cfg))
     if cfg.headless:
-        run_headless(cfg)
+        run_headless(cfg, sidecar)
     else:
         run_window(cfg)
 

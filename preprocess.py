@@ -33,7 +33,7 @@ from tqdm import tqdm
 import actions as act
 import datasets
 from config import format_config, opt, parse_config
-from utils import atomic_write_bytes, atomic_write_json, resolve_device
+from utils import BadFile, atomic_write_bytes, atomic_write_json, resolve_device
 
 
 @dataclass
@@ -219,9 +219,7 @@ def write_token_file(job: Job, tokens, tok_info, out_dir):
 
 def load_tokenizer_info(path, device):
     from vq_vae import load_tokenizer  # imported here: the data readers do not need the model code
-    if not os.path.exists(path):
-        raise SystemExit(f"--tokenizer {path}: file not found (train one with python -m vq_vae.train)")
-    tok = load_tokenizer(path, device=str(device))
+    tok = load_tokenizer(path, device=str(device), what="--tokenizer")
     if tok.codebook_size > np.iinfo(np.uint16).max + 1:
         raise SystemExit(f"{path}: codebook_size {tok.codebook_size} does not fit the uint16 token files")
     info = {"hash": tok.hash, "codebook_size": int(tok.codebook_size), "grid": [int(x) for x in tok.grid],
@@ -243,7 +241,9 @@ def main(cfg: Config) -> dict:
     if cfg.batch_size < 1 or cfg.workers < 0:
         raise SystemExit("--batch_size must be >= 1 and --workers >= 0")
     shard_i, shard_n = parse_shard(cfg.shard)
-    os.makedirs(cfg.out, exist_ok=True)
+    if not os.path.isdir(cfg.input):
+        raise BadFile(f"--input {cfg.input}: " + ("is a file, expected a dataset folder" if os.path.exists(cfg.input)
+                                                   else "folder not found"))
     t_start = time.time()
 
     # deterministic partition by sorted name, before any file is parsed
@@ -264,6 +264,7 @@ def main(cfg: Config) -> dict:
         threads = encoder_threads(cfg, device)
         torch.set_num_threads(threads)
         tokenizer, tok_info = load_tokenizer_info(cfg.tokenizer, device)
+        os.makedirs(cfg.out, exist_ok=True)  # only once every input has been checked
         fh, fw = tok_info["frame_size"]
         print(f"tokenizer {cfg.tokenizer}: hash {tok_info['hash']}, {tok_info['codebook_size']} codes, "
               f"grid {tok_info['grid']}, frames {fw}x{fh}, device {device}, {threads} CPU threads, "
@@ -317,6 +318,9 @@ def main(cfg: Config) -> dict:
     reasons = collections.Counter(short_reason(why) for _, why in skipped)
     for why, n in reasons.most_common():
         print(f"  skipped {n}: {why}")
+    warnings = collections.Counter(short_reason(note) for t in trajs for note in t.notes)
+    for why, n in warnings.most_common():
+        print(f"  warning {n}: {why} (processed)")
     if not processed and not done:
         print("nothing could be processed", file=sys.stderr)
         raise SystemExit(1)

@@ -114,14 +114,10 @@ RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every
 
 # ----------------------------------------------------------------------------- loading
 
-def load_world_model(path_or_dir, device="cpu"):
-    """Checkpoint file or folder (newest ckpt) -> (WorldModel in eval mode, checkpoint dict)."""
-    path = utils.latest_checkpoint(path_or_dir)
-    if path is None:
-        raise FileNotFoundError(f"no world-model checkpoint (ckpt_*.pt) at {path_or_dir}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "model_args" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path}: not a world-model checkpoint (no model_args / model)")
+def load_world_model(path_or_dir, device="cpu", what="--checkpoint", log=print):
+    """Checkpoint file or folder (its newest intact ckpt) -> (WorldModel in eval mode, checkpoint dict).
+    Every problem with the file is a utils.BadFile naming it."""
+    path, ckpt = utils.load_newest(path_or_dir, "world model", what, log)
     model = WorldModel(WorldModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     ckpt["path"] = path
@@ -144,7 +140,7 @@ def load_data(cfg, master):
             raise SystemExit(f"train.py: tokenizer {tok_path!r} (named by {'--tokenizer' if cfg.tokenizer else 'the manifest'}) "
                              f"not found; pass --tokenizer PATH, or --tokenizer none to train without image strips")
         from vq_vae import load_tokenizer
-        tokenizer = load_tokenizer(tok_path, device="cpu")
+        tokenizer = load_tokenizer(tok_path, device="cpu", what="--tokenizer" if cfg.tokenizer else "the manifest's tokenizer")
         if tokenizer.codebook_size != K or tuple(tokenizer.grid) != grid:
             raise SystemExit(f"train.py: codebook size / grid mismatch: manifest {cfg.data} says {K} codes on {grid}, "
                              f"tokenizer {tok_path} has {tokenizer.codebook_size} on {tuple(tokenizer.grid)}")
@@ -343,16 +339,13 @@ def parse_args(argv=None):
             argv.insert(i + 1, "true")
     parser = build_parser(TrainConfig, __doc__)
     args = parser.parse_args(argv)
-    requested = {}
     try:
-        if args.config:
-            requested.update(load_yaml(args.config))
-        requested.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                          if getattr(args, f.name) is not None})
-        cfg = apply_overrides(TrainConfig(), requested, args.config or "command line")
+        from_file = load_yaml(args.config) if args.config else {}
+        flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+        cfg = apply_overrides(apply_overrides(TrainConfig(), from_file, args.config), flags, "command line")
     except ConfigError as e:
         parser.error(str(e))
-    return cfg, requested
+    return cfg, {**from_file, **flags}
 
 
 def resolve_resume(cfg, requested, master):
@@ -366,7 +359,7 @@ def resolve_resume(cfg, requested, master):
         return cfg, None
     if not found:
         raise SystemExit(f"train.py: --resume, but no checkpoint (ckpt_*.pt) in {cfg.out}")
-    ckpt = torch.load(found, map_location="cpu", weights_only=False)
+    found, ckpt = utils.load_newest(cfg.out, "world model", "--resume", log=print if master else lambda _: None)
     saved = dict(ckpt["config"])  # a model key added after this run was saved: the run used the model's own default
     built = WorldModelConfig(**ckpt["model_args"])
     saved.update({k: getattr(built, k) for k in MODEL_KEYS if k not in saved})
@@ -480,7 +473,7 @@ def main(argv=None):
         rng = gather_rng(ddp, world)  # every rank takes part; rank 0 writes
         if not master:
             return None
-        obj = {"model_args": dataclasses.asdict(mcfg), "model": model.state_dict(), "config": dataclasses.asdict(cfg),
+        obj = {"model_args": dataclasses.asdict(mcfg), "model": model.state_dict(), "config": utils.plain(dataclasses.asdict(cfg)),
                "tokenizer": {k: tok_info[k] for k in ("path", "hash", "codebook_size", "grid", "frame_size")},
                "action_names": action_names, "fps": fps, "step": step,
                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng,

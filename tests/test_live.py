@@ -336,3 +336,41 @@ def test_window_scales_without_blur_and_follows_resizes(tmp_path):
     win.draw([frame], ["hud"])
     assert win.screen.get_size() == (200, 120) and win._rect.width <= 200
     win.close()
+
+
+def decoded_frames(path):
+    import av
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_recorded_session_replays_frame_for_frame(tiny, tmp_path, monkeypatch):
+    """A windowed session (a non-default start, seed and sampler, a sampling key, a reset) replayed
+    from its sidecar alone gives the same frames, bit for bit; --record keeps existing files."""
+    import live_inference
+    from utils import BadFile
+    script = {0: [key(pygame.K_w)], 2: [key(pygame.K_RIGHTBRACKET)], 3: [key(pygame.K_r)], 5: [key(pygame.K_q)]}
+    scripted_events(monkeypatch, script)
+    rec = tmp_path / "session.mp4"
+    live_inference.main(["--checkpoint", tiny["world"], "--start", tiny["npz"], "--start_index", "-2",
+                         "--context", "2", "--seed", "7", "--temperature", "0.7", "--top_k", "5", "--scale", "2",
+                         "--record", str(rec)])
+    monkeypatch.undo()
+    side = json.loads((tmp_path / "session.json").read_text())
+    assert side["resets"] == [0, 4] and [s[0] for s in side["sampling"]] == [0, 3] and side["num_frames"] == 7
+    replay = tmp_path / "replay.mp4"
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--actions", str(tmp_path / "session.json"),
+                         "--record", str(replay)])
+    np.testing.assert_array_equal(decoded_frames(replay), decoded_frames(rec))
+    again = json.loads((tmp_path / "replay.json").read_text())
+    assert again["actions"] == side["actions"] and again["sampling"] == side["sampling"]
+    assert again["checkpoint_hash"] == side["checkpoint_hash"]
+    other = tmp_path / "other_seed.mp4"  # a flag given explicitly wins over the recording
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--actions", str(tmp_path / "session.json"),
+                         "--record", str(other), "--seed", "8"])
+    assert not np.array_equal(decoded_frames(other), decoded_frames(rec))
+    with pytest.raises(BadFile, match="already exists; pass --overwrite"):
+        live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "2", "--record", str(replay)])
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "2", "--record", str(replay),
+                         "--overwrite"])
+    assert len(decoded_frames(replay)) == 2

@@ -18,6 +18,7 @@ import actions
 import datasets
 import preprocess
 from sandbox import World, load_groundtruth, render, rollout, spawn_state
+from sandbox import formats as sandbox_formats
 from sandbox.generate import main as sandbox_generate
 from vq_vae import load_tokenizer
 from vq_vae.model import VQVAE, VQVAEConfig
@@ -109,6 +110,28 @@ def test_minerl_leading_frames_skipped(mr_root):
         for j in range(len(video)):  # the right frame is the closest one among the whole video
             if j != t.lead_skip:
                 assert np.abs(video[j] - truth).mean() > err
+
+
+def test_minerl_duration_n_plus_one_and_leading_frames_aligned_by_the_end(tmp_path, tok_path):
+    """duration_steps = N + 1 and 5 extra leading frames: processed, frames taken from the end."""
+    n, lead = 8, 5
+    folder = tmp_path / "mr" / "MineRLTreechop-v0" / "v4_handmade"
+    frames = [np.full((64, 64, 3), 10 + 16 * i, np.uint8) for i in range(lead + n + 1)]  # brightness = frame number
+    write_mp4(str(folder / "recording.mp4"), frames, 20)
+    raw = np.zeros((n, 9), np.float32)
+    raw[:, actions.R["forward"]] = 1
+    np.savez(folder / "rendered.npz", **sandbox_formats.minerl_arrays(raw))
+    meta = sandbox_formats.minerl_metadata("v4_handmade", n + 1, len(frames))
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    (trajectory,), skipped = datasets.find_trajectories(str(tmp_path / "mr"), "minerl")
+    assert skipped == [] and trajectory.notes == ()
+    assert trajectory.num_frames == n + 1 and trajectory.lead_skip == lead
+    brightness = [int(round(f.mean())) for f in trajectory.frames()]
+    assert np.allclose(brightness, [10 + 16 * i for i in range(lead, lead + n + 1)], atol=3)
+    out = tmp_path / "tokens"
+    summary = preprocess.main(cfg(input=str(tmp_path / "mr"), tokenizer=tok_path, out=str(out)))
+    assert summary["processed"] == 1 and summary["skipped"] == 0
+    assert load(out / "MineRLTreechop-v0__v4_handmade.npz")["tokens"].shape[0] == n + 1
 
 
 def make_handmade_gf(tmp_path):
@@ -289,11 +312,13 @@ def test_bad_inputs_skipped_and_reported(tmp_path, gf_root, mr_root, tok_path):
     m = json.loads(meta.read_text())
     m["actions"][str(len(m["actions"]))] = m["actions"]["1"]
     meta.write_text(json.dumps(m))
-    # 3. a MineRL stream whose duration_steps disagrees with its actions
-    mr = data / "minerl" / "MineRLTreechop-v0" / "v4_sandbox_s3_c0001" / "metadata.json"
-    m = json.loads(mr.read_text())
-    m["duration_steps"] += 7
-    mr.write_text(json.dumps(m))
+    # 3. MineRL: a stream whose video cannot hold N+1 frames (skipped), one whose duration_steps
+    # disagrees with its actions (only a warning: the official loader never reads it)
+    streams = data / "minerl" / "MineRLTreechop-v0"
+    for stream, key, change in (("v4_sandbox_s3_c0000", "true_video_frame_count", -20), ("v4_sandbox_s3_c0001", "duration_steps", 7)):
+        m = json.loads((streams / stream / "metadata.json").read_text())
+        m[key] += change
+        (streams / stream / "metadata.json").write_text(json.dumps(m))
     # 4. not a video at all
     (video / "junk.mp4").write_bytes(b"\x00" * 1000)
     shutil.copy(meta, video.parent / "metadata" / "junk.json")
@@ -311,11 +336,12 @@ def test_bad_inputs_skipped_and_reported(tmp_path, gf_root, mr_root, tok_path):
     log = r.stdout + r.stderr
     assert "seed_5_part_1.mp4: cannot open video" in log
     assert "seed_5_part_2.json: 41 action entries but the video has 40 frames" in log
-    assert "v4_sandbox_s3_c0001: inconsistent lengths: duration_steps=36" in log
+    assert "v4_sandbox_s3_c0000: cannot align: true_video_frame_count=" in log
+    assert "warning 1: duration_steps=36 but rendered.npz has N=29 actions (processed)" in log
     assert "junk.mp4: cannot open video" in log
     assert "cut.mp4: decoding failed after" in log
     assert "skipped 5" in log
-    assert sorted(os.listdir(out)) == ["MineRLTreechop-v0__v4_sandbox_s3_c0000.npz", "data_2003__seed_5_part_3.npz",
+    assert sorted(os.listdir(out)) == ["MineRLTreechop-v0__v4_sandbox_s3_c0001.npz", "data_2003__seed_5_part_3.npz",
                                        "manifest.json"]
 
 

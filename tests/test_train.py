@@ -104,7 +104,7 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert sorted(p for p in os.listdir(out) if p.startswith("ckpt_")) == ["ckpt_00000002.pt"]
-    assert len(torch.load(out / "ckpt_00000002.pt", weights_only=False)["rng"]) == 2
+    assert len(torch.load(out / "ckpt_00000002.pt", weights_only=True)["rng"]) == 2
 
 
 def test_resume_checkpoint_saved_before_a_model_key_existed(data, tmp_path):
@@ -113,7 +113,7 @@ def test_resume_checkpoint_saved_before_a_model_key_existed(data, tmp_path):
     common = ["--data", data, "--out", str(out), *TINY]
     train.main(common + ["--max_steps", "3", "--stop_after", "2", "--zoom_range", "0"])
     path = out / "ckpt_00000002.pt"
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     del ckpt["config"]["zoom_range"], ckpt["model_args"]["zoom_range"]
     torch.save(ckpt, path)
     train.main(common + ["--max_steps", "3", "--resume"])

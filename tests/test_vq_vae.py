@@ -217,8 +217,8 @@ def test_train_end_to_end_and_exact_resume(tmp_path):
     # resume from step 2 into another folder: the final weights must match the straight run exactly
     b = run_train(*common, "--out", tmp_path / "b", "--resume", out / "ckpt_00000002.pt")
     assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-3000:]
-    sa = torch.load(out / "ckpt_00000004.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b" / "ckpt_00000004.pt", weights_only=False)
+    sa = torch.load(out / "ckpt_00000004.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "ckpt_00000004.pt", weights_only=True)
     assert sa["data_state"] == sb["data_state"]
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k

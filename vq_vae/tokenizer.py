@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from utils import atomic_torch_save, file_hash
+from utils import BadFile, atomic_torch_save, file_hash, load_checkpoint, plain
 from vq_vae.model import VQVAE, VQVAEConfig
 
 FORMAT = "ochre-tokenizer"
@@ -32,8 +32,8 @@ def export_tokenizer(model: VQVAE, frame_size, path, train_config=None, metrics=
         "grid": [int(H) // d, int(W) // d],
         "codebook_size": int(model.num_codes),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "train_config": train_config or {},
-        "metrics": metrics or {},
+        "train_config": plain(train_config or {}),
+        "metrics": plain(metrics or {}),
     }
     atomic_torch_save(blob, path)
     return file_hash(path)
@@ -103,14 +103,11 @@ class Tokenizer:
         return self
 
 
-def load_tokenizer(path, device="cpu") -> Tokenizer:
-    """Load an exported tokenizer file (not a training checkpoint)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an exported tokenizer (expected format {FORMAT!r}); "
-                         f"training checkpoints are ckpt_*.pt, the exported file is tokenizer.pt")
+def load_tokenizer(path, device="cpu", what="--tokenizer") -> Tokenizer:
+    """Load an exported tokenizer file (not a training checkpoint); BadFile names any problem."""
+    blob = load_checkpoint(path, "tokenizer", what)
     if blob.get("version") != VERSION:
-        raise ValueError(f"{path}: tokenizer file version {blob.get('version')} is not supported (expected {VERSION})")
+        raise BadFile(f"{what} {path}: tokenizer file version {blob.get('version')} is not supported (expected {VERSION})")
     model = VQVAE(VQVAEConfig(**blob["model_args"]))
     model.load_state_dict(blob["state_dict"])
     for p in model.parameters():

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import format_config, opt, parse_config
-from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, get_rng_state,
-                   latest_checkpoint, resolve_precision, save_checkpoint, seed_everything, set_rng_state,
-                   setup_distributed)
+from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, get_rng_state, load_newest,
+                   plain, resolve_precision, save_checkpoint, seed_everything, set_rng_state, setup_distributed)
 from vq_vae.metrics import border_errors, build_lpips, check_lpips_weights, code_counts, codebook_stats, psnr, ssim
 from vq_vae.model import VQVAE, VQVAEConfig
 from vq_vae.tokenizer import export_tokenizer
@@ -102,7 +101,10 @@ def model_config(cfg: Config) -> VQVAEConfig:
 def load_frames(cfg: Config, master: bool):
     """-> (train uint8 (N, H, W, 3), val uint8 (M, H, W, 3), info dict); split by trajectory."""
     import datasets  # the shared readers (B); imported here so the model code has no data dependency
-    trajs, skipped = datasets.find_trajectories(cfg.data, cfg.data_format)
+    try:
+        trajs, skipped = datasets.find_trajectories(cfg.data, cfg.data_format)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--data: {e}") from None
     if master:
         for path, reason in skipped:
             print(f"skipped {path}: {reason}")
@@ -249,11 +251,10 @@ def main():
     if cfg.lpips_weight > 0:
         check_lpips_weights(cfg.lpips_net)
         lpips_model = build_lpips(cfg.lpips_net, device)
-    ckpt_path = latest_checkpoint(cfg.out if cfg.resume == "auto" else cfg.resume) if cfg.resume else None
-    if cfg.resume and ckpt_path is None:
-        raise SystemExit(f"--resume {cfg.resume}: no checkpoint found")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path else None
-    if ckpt is not None:
+    ckpt_path, ckpt = None, None
+    if cfg.resume:
+        ckpt_path, ckpt = load_newest(cfg.out if cfg.resume == "auto" else cfg.resume, "tokenizer checkpoint",
+                                      "--resume", log=print if master else lambda _: None)
         check_resume_config(ckpt["config"], cfg)
 
     seed_everything(cfg.seed + rank)
@@ -296,7 +297,7 @@ def main():
         if master:
             save_checkpoint({"model": raw_model.state_dict(), "model_args": dataclasses.asdict(raw_model.cfg),
                              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                             "data_state": dict(data_state), "rng": rngs, "config": dataclasses.asdict(cfg)},
+                             "data_state": dict(data_state), "rng": rngs, "config": plain(dataclasses.asdict(cfg))},
                             cfg.out, step, cfg.keep_ckpts)
 
     window_counts = torch.zeros(raw_model.num_codes, dtype=torch.int64)
@@ -389,8 +390,7 @@ def main():
         print("held-out: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("usage", "perplexity", "dead_codes", "psnr", "ssim")
                                        + (("lpips",) if "lpips" in metrics else ())))
         print(f"exported {path} (hash {metrics['tokenizer_hash']}); metrics in {os.path.join(cfg.out, 'metrics.json')}")
-    if ddp:
-        dist.barrier()
+    del model  # a DDP wrapper holds the process group; drop it before the group is destroyed
     cleanup_distributed(ddp)
 
 
