@@ -1,4 +1,5 @@
 # The two commands:  `make demo` (sandbox data -> tokenizer -> world model -> report) and `make test`.
+# On a GPU machine, first `make gpu-check`.
 # Both create .venv and install requirements.txt on first use.
 # P100 / V100 users: make venv TORCH_INDEX=https://download.pytorch.org/whl/cu126
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 
-.PHONY: venv demo test bench play clean-demo
+.PHONY: venv demo test bench play gpu-check clean-demo
 
 venv: $(VENV)/.installed
 
@@ -29,6 +30,10 @@ test: venv
 
 bench: venv
 	$(PY) bench.py
+
+# a new GPU machine: every CUDA path (bf16 + compile, fp16 + scaler, NCCL, eval, play) in under 10 minutes
+gpu-check: venv
+	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(PY) gpu_check.py
 
 play: venv
 	$(PY) live_inference.py --checkpoint checkpoints/world

@@ -17,7 +17,7 @@ import traceback
 
 import torch
 
-AREAS = ["sandbox", "preprocess", "tokenizer", "train", "live"]
+AREAS = ["sandbox", "preprocess", "tokenizer", "train", "live", "memory"]
 
 
 def flatten(prefix, value, out):

@@ -29,7 +29,8 @@ import torch
 import actions
 from config import format_config, opt, parse_config
 from sampling import Sampler
-from utils import BadFile, atomic_write_json, autocast_context, check_file, file_hash, load_json, resolve_device
+from utils import (BadFile, atomic_write_json, autocast_context, check_file, compile_summary, file_hash, load_json,
+                   peak_memory_summary, resolve_device)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -105,7 +106,7 @@ class WorldModelEnv:
         self.seed = seed
         on_gpu = self.device.type == "cuda"
         self.amp = autocast_context(self.device, "fp16") if half and on_gpu else contextlib.nullcontext()
-        self.step_fn = torch.compile(model.step) if compile else model.step
+        self.step_fn = torch.compile(model.step, dynamic=False) if compile else model.step  # one shape in play
         self.generator = torch.Generator(device=self.device)
         self.action = torch.zeros(1, actions.ACTION_DIM, device=self.device)  # reused every step
         self.start = None
@@ -133,12 +134,14 @@ class WorldModelEnv:
         """Warm the state on the start's context frames and return the start frame. The sampling
         generator is re-seeded, so the same actions after a reset give the same frames."""
         self.start = start = start or self.start
-        tokens = start.tokens.to(self.device, torch.int64)
+        tokens = start.tokens.to(self.device, torch.int64).clone()  # an inference tensor, like the sampled grids
         acts = torch.as_tensor(start.actions, dtype=torch.float32, device=self.device)
         self.state = self.model.init_state(1, self.device)
         with self.amp:
             for t in range(len(tokens) - 1):  # the logits are not needed: the real next frame follows
-                _, self.state = self.step_fn(tokens[t:t + 1], acts[t:t + 1], self.state)
+                # through the same action buffer as predict: a compiled step then has one graph, not two
+                self.action.copy_(acts[t:t + 1])
+                _, self.state = self.step_fn(tokens[t:t + 1], self.action, self.state)
         self.tokens = tokens[-1:].clone()
         self.generator.manual_seed(self.seed)
         return self.decode(self.tokens)
@@ -531,6 +534,10 @@ def run_headless(cfg: Config, sidecar: dict | None = None):
     steps = max(n - 1, 1)
     print(f"{n} frames, {(n - 1) / max(wall, 1e-9):.1f} steps/s | per frame: model {ms['step_ms'] / steps:.1f} ms, "
           f"sampling {ms['sample_ms'] / steps:.1f} ms, decode {ms['decode_ms'] / steps:.1f} ms")
+    if cfg.compile:
+        print(compile_summary())
+    if s.env.device.type == "cuda":
+        print(peak_memory_summary(s.env.device))
 
 
 def save_png(path, rgb, scale):

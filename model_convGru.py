@@ -137,10 +137,13 @@ class ConvGRUCell(nn.Module):
         return gx * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
     def recur(self, gx, h):
-        """One time step: gx [B, 3C, h, w] from input_gates, h [B, C, h, w] -> new h."""
+        """One time step: gx [B, 3C, h, w] from input_gates, h [B, C, h, w] -> new h, in h's dtype.
+        Under autocast the convs (and, on CPU, GroupNorm) give bf16/fp16 gates while the state
+        stays fp32 (init_state, and grid_sample in warp runs in fp32): the gate arithmetic is done
+        in the state's dtype, so the state is not rounded to 8 bits of mantissa every step."""
         gh = self.gn_h(self.wh(h))
-        zx, rx, nx = gx.chunk(3, dim=1)
-        zh, rh, nh = gh.chunk(3, dim=1)
+        zx, rx, nx = gx.to(h.dtype).chunk(3, dim=1)
+        zh, rh, nh = gh.to(h.dtype).chunk(3, dim=1)
         z = torch.sigmoid(zx + zh)
         r = torch.sigmoid(rx + rh)
         n = torch.tanh(nx + r * nh)

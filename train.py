@@ -43,8 +43,8 @@ class TrainConfig:
     split_seed: int = opt(0, "seed of the train/val split by trajectory (same as evaluate.py's)")
     val_fraction: float = opt(0.1, "fraction of trajectories held out for validation")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 (fp16 uses a GradScaler; CPU runs fp32)")
-    compile: bool = opt(False, "torch.compile the sequence forward (GPU)")
+    precision: str = opt("auto", "auto | fp32 | bf16 | fp16 (fp16 uses a GradScaler; auto is fp32 on CPU)")
+    compile: bool = opt(False, "torch.compile the sequence forward and the rollout step (one graph per sequence length)")
     channels_last: bool = opt(False, "channels-last memory format for the convs")
     # model (sizes of the codebook, grid and action come from the data, not from here)
     embed_dim: int = opt(64, "token embedding width")
@@ -235,6 +235,12 @@ class Objective(nn.Module):
         self.model, self.cfg = model, cfg
         self.sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
         self.tokenizer = tokenizer  # plain object, not a submodule: frozen, never in the state dict
+        # compiled for training only (validation runs eager). Static shapes: the time loop is
+        # unrolled, so every sequence length is its own graph anyway, and the curriculum has few
+        self.forward_sequence, self.step = model.forward_sequence, model.step
+        if cfg.compile:
+            self.forward_sequence = torch.compile(model.forward_sequence, dynamic=False)
+            self.step = torch.compile(model.step, dynamic=False)
         self.lpips = None
         if cfg.perceptual == "lpips":
             try:
@@ -258,7 +264,9 @@ class Objective(nn.Module):
         for s in range(0, T0, cfg.bptt):                              # truncated BPTT
             state = None if state is None else tuple(h.detach() for h in state)
             e = min(T0, s + cfg.bptt)
-            logits, state = m.forward_sequence(context[:, s:e], actions[:, s:e], state, present[:, s:e], level)
+            # contiguous: a slice's strides depend on T0, and each new stride would be a recompile
+            logits, state = self.forward_sequence(context[:, s:e].contiguous(), actions[:, s:e], state,
+                                                  present[:, s:e], level)
             chunks.append(logits)
         logits_tf = torch.cat(chunks, dim=1)                          # (B, T0, K, h, w)
         preds, prev = [], logits_tf[:, -1]
@@ -268,7 +276,7 @@ class Objective(nn.Module):
             if r % cfg.bptt == 0:
                 state = tuple(h.detach() for h in state)
             frame = self.sampler(prev.detach())                       # (B, h, w): its sample of frame t
-            prev, state = m.step(frame, actions[:, t], state, present[:, t], zero)
+            prev, state = self.step(frame, actions[:, t], state, present[:, t], zero)
             preds.append(prev)
         logits_ro = torch.stack(preds, dim=1) if rollout else None   # (B, R, K, h, w)
         return logits_tf, logits_ro, present
@@ -455,8 +463,6 @@ def main(argv=None):
         utils.set_rng_state(rng[rank % len(rng)])
         del ckpt
     objective = Objective(model, cfg, tokenizer)
-    if cfg.compile:
-        model.forward_sequence = torch.compile(model.forward_sequence)
     runner = objective
     if ddp:
         runner = nn.parallel.DistributedDataParallel(objective, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -560,6 +566,10 @@ def main(argv=None):
         last_saved = checkpoint(step) or last_saved
     if master:
         print(f"{reason} at step {step} ({elapsed:.0f}s of training); checkpoint {last_saved}")
+        if cfg.compile:
+            print(utils.compile_summary())
+        if device.type == "cuda":
+            print(utils.peak_memory_summary(device))
     logger.finish()
     del runner  # DDP holds the process group; drop it before the group is destroyed
     utils.cleanup_distributed(ddp)

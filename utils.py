@@ -324,13 +324,31 @@ def autocast_context(device: torch.device, precision: str):
 def resolve_precision(device: torch.device, precision: str) -> str:
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if device.type != "cuda":
-        return "fp32" if precision in ("auto", "fp16") else precision
+    if device.type != "cuda":  # CPU autocast runs bf16 and fp16 too (slower than fp32 here): only on request
+        return "fp32" if precision == "auto" else precision
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise SystemExit("precision bf16 asked for, but this GPU does not support it (use fp16, e.g. on a P100)")
     return precision
+
+
+def compile_summary() -> str:
+    """What torch.compile did in this process: graphs compiled (first calls and recompiles) and graph breaks."""
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
+    breaks = sum(counters["graph_break"].values())
+    return f"torch.compile: {graphs} graphs compiled, {breaks} graph breaks"
+
+
+def peak_memory_summary(device) -> str:
+    """Peak CUDA memory of this process so far ('' on CPU): what a GPU user sizes batches by."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ""
+    gib = 2 ** 30
+    return (f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / gib:.2f} GiB allocated, "
+            f"{torch.cuda.max_memory_reserved(device) / gib:.2f} GiB reserved")
 
 
 # ----------------------------------------------------------------------------- distributed

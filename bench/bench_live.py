@@ -10,6 +10,7 @@ at full resolution). The predecessor measured 27 frames/s (36.6 ms per frame inc
 128 x 3. Display is the real pygame path (frombuffer, nearest scale to 6x, HUD) under whatever
 SDL driver is set (dummy when there is no screen). Figures are medians over the timed frames; on
 a shared machine they are noisy, so the minimum (the least disturbed frame) is reported too.
+Last, the quickstart play step (model only) eager against torch.compile, frames interleaved.
 """
 import dataclasses
 import os
@@ -121,6 +122,31 @@ def measure_overlap(env, frames: int, warmup: int = 3) -> dict:
     return {"total_ms": wall, "fps": 1000.0 / wall}
 
 
+def measure_compile(model_args: dict, tok_args: dict, tmp_dir: str, frames: int) -> dict:
+    """The play step (model only, 1 thread) eager vs torch.compile (inductor) on the same weights,
+    alternating one frame each so a change in load hits both; compilation is timed apart."""
+    from live_inference import WorldModelEnv
+    eager, model = build_env(model_args, tok_args, tmp_dir)
+    compiled = WorldModelEnv(model, eager.tokenizer, Sampler(), "cpu", compile=True, seed=0)
+    a = actions.make_action(move_z=1.0)
+    t0 = time.perf_counter()
+    compiled.reset(eager.start)
+    compiled.predict(a)  # the first call compiles
+    compile_s = time.perf_counter() - t0
+    times = {"eager": [], "compiled": []}
+    for i in range(3 + frames):
+        for name, env in ((("eager", eager), ("compiled", compiled)) if i % 2 == 0 else
+                          (("compiled", compiled), ("eager", eager))):
+            env.predict(a)
+            if i >= 3:
+                times[name].append(env.timings["step_ms"])
+    e, c = float(np.median(times["eager"])), float(np.median(times["compiled"]))
+    print(f"play step, quickstart, 1 thread: eager {e:.1f} ms, compiled {c:.1f} ms ({e / c:.2f}x; "
+          f"compilation {compile_s:.0f}s; {frames} interleaved frames, load {os.getloadavg()[0]:.1f})")
+    return {"eager_step_ms": e, "compiled_step_ms": c, "speedup": e / c, "compile_s": compile_s, "frames": frames,
+            "load_avg_1min": os.getloadavg()[0]}
+
+
 def sampler_variants(env, frames: int) -> dict:
     """One grid's sampling: the shared sampler (top-k 50), argmax, and the change proposed for
     sampling.sample_tokens (the same distribution: select the k candidates with numpy's
@@ -190,6 +216,8 @@ def run(quick: bool = False) -> dict:
                     if not quick:
                         row["overlap"] = measure_overlap(env, frames)
                 result["sizes"][name] = row
+            torch.set_num_threads(1)
+            result["compile_quickstart"] = measure_compile(world_model_args(), tok_args, tmp, frames)
     finally:
         torch.set_num_threads(threads)
         window.close()

@@ -3,6 +3,7 @@ of a full training step (forward, CE + inverse-dynamics losses, backward, clip, 
 
     python -m bench.bench_train          # full
     python -m bench.bench_train --quick  # fewer repeats
+    python -m bench.bench_train --compile-only [--quick]  # only eager vs torch.compile
 
 Variants at hidden 128 x 3 layers isolate what makes the cell fast:
 - "per-step" runs every time step through the whole cell (both convs per step, like a plain
@@ -11,6 +12,7 @@ Variants at hidden 128 x 3 layers isolate what makes the cell fast:
 - "full-res" vs "half-res": the recurrent cells on the 32x18 grid or on 16x9 (stride-2 stem,
   pixel-shuffle back);
 - "separable": depthwise + pointwise recurrent conv.
+Then the quickstart step eager against torch.compile (inductor), in interleaved rounds.
 Timings on a shared CPU are noisy: the median of a few repeats is reported, in wall-clock frames/s
 and in frames per (CPU seconds / threads), which is less sensitive to other processes' load.
 """
@@ -61,6 +63,49 @@ def measure_objective(name, cfg, rollout, repeats):
     return summarize(name, times, cfg.batch_size, cfg.window - 1, model, dict(vars(cfg)), False, cfg.channels_last)
 
 
+def measure_compile(cfg, rounds):
+    """The quickstart training step (teacher-forced) eager vs torch.compile (inductor), same weights
+    and batch, timed in alternating rounds so a load change hits both; the first compiled step
+    (compilation) is reported separately."""
+    import dataclasses
+    torch.manual_seed(0)
+    margs = {k: getattr(cfg, k) for k in MODEL_KEYS}
+    tokens = torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID))
+    actions = torch.randn(cfg.batch_size, cfg.window - 1, A)
+    runs = {}
+    for name, compile in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=A, **margs))
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        objective = Objective(model, dataclasses.replace(cfg, compile=compile))
+        runs[name] = (model, objective, torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+    def one(name):
+        model, objective, opt = runs[name]
+        t0 = time.perf_counter()
+        loss, _ = objective(tokens, actions, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+    one("eager")
+    first = one("compiled")
+    times = {"eager": [], "compiled": []}
+    for r in range(rounds):
+        for name in (("eager", "compiled") if r % 2 == 0 else ("compiled", "eager")):
+            times[name].append(one(name))
+    ratios = [e / c for e, c in zip(times["eager"], times["compiled"])]
+    row = {"name": "quickstart teacher-forced, eager vs compiled", "first_compiled_step_s": first,
+           "eager_step_s": statistics.median(times["eager"]), "compiled_step_s": statistics.median(times["compiled"]),
+           "speedup_median_of_rounds": statistics.median(ratios), "rounds": rounds,
+           "load_avg_1min": os.getloadavg()[0]}
+    print(f"compile: first compiled step {first:.0f}s; eager {row['eager_step_s']:.2f}s vs compiled "
+          f"{row['compiled_step_s']:.2f}s per step, speedup {row['speedup_median_of_rounds']:.2f}x "
+          f"(median of {rounds} interleaved rounds, load {row['load_avg_1min']:.1f})", flush=True)
+    return row
+
+
 def train_step_time(model, opt, tokens, actions, per_step):
     """-> (wall seconds, process CPU seconds) of one training step."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -109,7 +154,9 @@ def summarize(name, times, batch, steps, model, args, per_step, channels_last):
     return row
 
 
-def run(quick=False):
+def run(quick=False, compile_only=False):
+    if compile_only:
+        return {"compile": measure_compile(quickstart_config(), 3 if quick else 8)}
     repeats = 1 if quick else 2
     q = quickstart_config()
     q_args = {k: getattr(q, k) for k in MODEL_KEYS}
@@ -131,7 +178,9 @@ def run(quick=False):
         variants = [variants[1], variants[2]]
     for name, args, kw in variants:
         rows.append(measure(name, args, 8, 8, repeats, **kw))
+    compiled = measure_compile(q, 3 if quick else 8)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "codebook": K, "grid": list(GRID),
+              "compile": compiled,
               "note": "shared, loaded 2-core CPU: wall frames/s is noisy; frames/cpu-s = frames per "
                       "(process CPU seconds / threads), an estimate for an unloaded machine; medians of repeats",
               "rows": rows}
@@ -139,4 +188,4 @@ def run(quick=False):
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv)
+    run(quick="--quick" in sys.argv, compile_only="--compile-only" in sys.argv)

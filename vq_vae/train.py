@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import format_config, opt, parse_config
-from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, get_rng_state, load_newest,
-                   plain, resolve_precision, save_checkpoint, seed_everything, set_rng_state, setup_distributed)
+from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, compile_summary, get_rng_state,
+                   load_newest, peak_memory_summary, plain, resolve_precision, save_checkpoint, seed_everything,
+                   set_rng_state, setup_distributed)
 from vq_vae.metrics import border_errors, build_lpips, check_lpips_weights, code_counts, codebook_stats, psnr, ssim
 from vq_vae.model import VQVAE, VQVAEConfig
 from vq_vae.tokenizer import export_tokenizer
@@ -390,6 +391,12 @@ def main():
         print("held-out: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("usage", "perplexity", "dead_codes", "psnr", "ssim")
                                        + (("lpips",) if "lpips" in metrics else ())))
         print(f"exported {path} (hash {metrics['tokenizer_hash']}); metrics in {os.path.join(cfg.out, 'metrics.json')}")
+        if cfg.compile:
+            print(compile_summary())
+        if device.type == "cuda":
+            print(peak_memory_summary(device))
+    if ddp:
+        dist.barrier()
     del model  # a DDP wrapper holds the process group; drop it before the group is destroyed
     cleanup_distributed(ddp)
 
