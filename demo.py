@@ -63,7 +63,7 @@ def run_stage(i, name, marker, cmd):
 
 
 # Which way is better, for the headline numbers where that is clear (the rest are diagnostics).
-HIGHER_IS_BETTER = ("tf_accuracy", "psnr@16", "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_sandbox@16",
+HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "psnr@1", "sharpness_ratio_min", "psnr@16", "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_sandbox@16",
                     "code_diversity_match", "controllability", "yaw_direction_accuracy", "pitch_direction_accuracy",
                     "action_response", "ws_assignment_accuracy")
 LOWER_IS_BETTER = ("tf_cross_entropy",)

@@ -59,6 +59,7 @@ class Config:
     top_k: int = opt(50, "sample among the k most likely codes, 0 = off (keys - =)")
     top_p: float = opt(1.0, "nucleus sampling mass, 1.0 = off (keys ; ')")
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
+    guidance: float = opt(1.0, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame (1 = off)")
     sensitivity: float = opt(0.15, "mouse look, camera degrees per pixel")
     arrow_speed: float = opt(5.0, "arrow-key look, camera degrees per tick")
     record: str | None = opt(None, "write the session video (H.264 .mp4) here, plus a .json sidecar with "
@@ -99,8 +100,8 @@ class WorldModelEnv:
     """
 
     def __init__(self, model, tokenizer, sampler: Sampler | None = None, device="cpu",
-                 half: bool = False, compile: bool = False, seed: int = 0):
-        self.model, self.tokenizer = model, tokenizer
+                 half: bool = False, compile: bool = False, seed: int = 0, guidance: float = 1.0):
+        self.model, self.tokenizer, self.guidance = model, tokenizer, guidance
         self.sampler = sampler or Sampler()
         self.device = torch.device(device)
         self.seed = seed
@@ -152,7 +153,7 @@ class WorldModelEnv:
         t0, c0 = time.perf_counter(), time.thread_time()
         self.action.copy_(torch.as_tensor(action, dtype=torch.float32).view(1, -1))
         with self.amp:
-            logits, self.state = self.step_fn(self.tokens, self.action, self.state)  # [1, K, h, w]
+            logits, self.state = self.step_fn(self.tokens, self.action, self.state, guidance=self.guidance)  # [1, K, h, w]
         self._sync()
         t1, c1 = time.perf_counter(), time.thread_time()
         self.tokens = self.sampler(logits, generator=self.generator)  # [1, h, w], a new tensor each step
@@ -228,7 +229,8 @@ def load_env(cfg: Config):
     if cfg.half and device.type != "cuda":
         print("note: --half only applies on CUDA; running fp32")
     sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p)
-    env = WorldModelEnv(model, tokenizer, sampler, device, half=cfg.half, compile=cfg.compile, seed=cfg.seed)
+    env = WorldModelEnv(model, tokenizer, sampler, device, half=cfg.half, compile=cfg.compile, seed=cfg.seed,
+                        guidance=cfg.guidance)
     return env, ckpt
 
 
@@ -339,7 +341,7 @@ def load_actions(path: str, stride: int) -> np.ndarray:
 
 
 REPLAY_KEYS = ("start", "start_index", "start_traj", "context", "seed", "temperature", "top_k", "top_p", "greedy",
-               "side_by_side")
+               "guidance", "side_by_side")
 
 
 def replay_config(cfg: Config, sidecar: dict, path: str) -> Config:

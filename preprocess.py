@@ -256,8 +256,9 @@ def main(cfg: Config) -> dict:
         for note in t.notes:
             print(f"note {note}")
 
-    # The decoder pool is forked before torch runs anything (threads and fork do not mix).
-    pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers > 0 else None
+    # Spawned, not forked: a fork of a process whose OpenCV or torch thread pools already run (a caller
+    # that decoded or encoded before, e.g. a test session) can deadlock inside cv2.setNumThreads.
+    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 0 else None
     torch_threads = torch.get_num_threads()  # restored at the end: main() may run inside another program
     try:
         device = resolve_device(cfg.device)
