@@ -35,9 +35,9 @@ STAGES = [
     ("world model", os.path.join(WORLD, ".done"),
      [PY, "train.py", "--config", "configs/quickstart.yaml", "--data", TOKENS, "--out", WORLD]),
     ("evaluate trained", os.path.join(REPORTS, "trained", "report.json"),
-     [PY, "evaluate.py", "--checkpoint", WORLD, "--data", TOKENS, "--out", os.path.join(REPORTS, "trained")]),
+     [PY, "evaluate.py", "--checkpoint", WORLD, "--data", TOKENS, "--episodes", "16", "--out", os.path.join(REPORTS, "trained")]),
     ("evaluate untrained", os.path.join(REPORTS, "untrained", "report.json"),
-     [PY, "evaluate.py", "--checkpoint", WORLD, "--data", TOKENS, "--untrained", "true",
+     [PY, "evaluate.py", "--checkpoint", WORLD, "--data", TOKENS, "--episodes", "16", "--untrained", "true",
       "--out", os.path.join(REPORTS, "untrained")]),
 ]
 
