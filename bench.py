@@ -17,7 +17,7 @@ import traceback
 
 import torch
 
-AREAS = ["sandbox", "preprocess", "tokenizer", "train", "live", "memory"]
+AREAS = ["sandbox", "preprocess", "tokenizer", "train", "equal", "live", "memory"]
 
 
 def flatten(prefix, value, out):

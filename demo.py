@@ -9,6 +9,7 @@ trained model with an untrained one of the same size and prints the command to p
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -63,10 +64,11 @@ def run_stage(i, name, marker, cmd):
 
 
 # Which way is better, for the headline numbers where that is clear (the rest are diagnostics).
-HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "psnr@1", "sharpness_ratio_min", "psnr@16", "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_sandbox@16",
+HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "tf_argmax_decoded_psnr_pooled", "psnr@1", "psnr_pooled@1", "psnr_pooled@16", "psnr@16", "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_sandbox@16",
                     "code_diversity_match", "controllability", "yaw_direction_accuracy", "pitch_direction_accuracy",
                     "action_response", "ws_assignment_accuracy")
 LOWER_IS_BETTER = ("tf_cross_entropy",)
+CLOSER_TO_ONE_IS_BETTER = ("sharpness_ratio_min", "sharpness_ratio_mean", "code_diversity_ratio")  # 1 = like the truth
 
 
 def compare_reports():
@@ -88,6 +90,8 @@ def compare_reports():
                 verdict = "yes" if t > u else "NO"
             elif key in LOWER_IS_BETTER:
                 verdict = "yes" if t < u else "NO"
+            elif key in CLOSER_TO_ONE_IS_BETTER and t > 0 and u > 0:
+                verdict = "yes" if abs(math.log(t)) < abs(math.log(u)) else "NO"
         lines.append(f"| {key} | {fmt(t)} | {fmt(u)} | {verdict} |")
     table = "\n".join(lines)
     with open(os.path.join(REPORTS, "summary.md"), "w") as f:

@@ -34,6 +34,14 @@ def psnr(a, b) -> np.ndarray:
         return np.where(mse == 0, np.inf, 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300)))
 
 
+def pooled_psnr(psnrs, axis=0) -> np.ndarray:
+    """Per-image PSNRs -> the PSNR of their mean squared error along `axis` (identical images count
+    as error 0, not as a capped PSNR)."""
+    mse = 255.0 ** 2 * np.power(10.0, -np.asarray(psnrs, dtype=np.float64) / 10.0)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(255.0 ** 2 / np.maximum(mse.mean(axis), 1e-300))
+
+
 def mean_psnr(values) -> float:
     """Mean of per-image PSNRs with infinities capped at PSNR_CAP_DB."""
     v = np.minimum(np.asarray(values, dtype=np.float64), PSNR_CAP_DB)

@@ -118,8 +118,15 @@ def headline(report, horizons):
             hl[f"psnr_video@{h}"] = at(ro["psnr_vs_video"], h)
     hl["psnr_copy_baseline@%d" % horizons[0]] = at(ro["psnr_copy_last_frame"], horizons[0])
     hl["psnr@1"], hl["psnr_copy_baseline@1"] = at(ro["psnr_vs_tokens"], 1), at(ro["psnr_copy_last_frame"], 1)
+    if "psnr_pooled_vs_tokens" in ro:
+        for h in (1, horizons[0]):
+            hl[f"psnr_pooled@{h}"] = at(ro["psnr_pooled_vs_tokens"], h)
+            hl[f"psnr_pooled_copy_baseline@{h}"] = at(ro["psnr_pooled_copy_last_frame"], h)
     hl["tf_copy_baseline_accuracy"] = tf["copy_last_frame_accuracy"]
     hl["tf_argmax_decoded_psnr"], hl["tf_copy_decoded_psnr"] = tf["argmax_decoded_psnr"], tf["copy_last_frame_decoded_psnr"]
+    if "argmax_decoded_psnr_pooled" in tf:
+        hl["tf_argmax_decoded_psnr_pooled"] = tf["argmax_decoded_psnr_pooled"]
+        hl["tf_copy_decoded_psnr_pooled"] = tf["copy_last_frame_decoded_psnr_pooled"]
     hl["sharpness_ratio_min"] = float(np.min(ro["sharpness_ratio"]))
     hl["sharpness_ratio_mean"] = float(np.mean(ro["sharpness_ratio"]))
     if "sandbox" in ro:

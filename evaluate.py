@@ -205,6 +205,7 @@ def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch):
     truth_img = decode(tokenizer, tokens, batch)                                      # (B, T, H, W, 3)
     pred_img = decode(tokenizer, argmax, batch)
     pixel_change = M.mean_abs_diff(truth_img[:, 1:], truth_img[:, :-1]).reshape(moving.shape)
+    psnr_pred, psnr_copy = M.psnr(pred_img, truth_img[:, 1:]), M.psnr(truth_img[:, :-1], truth_img[:, 1:])
 
     def mean(v, where):
         return float(v[where].mean()) if bool(where.any()) else float("nan")
@@ -213,8 +214,9 @@ def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch):
            "frames_per_window": int(tokens.shape[1]),
            "kept_cells": {"fraction": float(keep.float().mean()), "accuracy": mean(hit, keep), "cross_entropy": mean(nll, keep)},
            "changed_cells": {"fraction": float((~keep).float().mean()), "accuracy": mean(hit, ~keep), "cross_entropy": mean(nll, ~keep)},
-           "argmax_decoded_psnr": M.mean_psnr(M.psnr(pred_img, truth_img[:, 1:])),
-           "copy_last_frame_decoded_psnr": M.mean_psnr(M.psnr(truth_img[:, :-1], truth_img[:, 1:]))}
+           "argmax_decoded_psnr": M.mean_psnr(psnr_pred), "copy_last_frame_decoded_psnr": M.mean_psnr(psnr_copy),
+           "argmax_decoded_psnr_pooled": float(M.pooled_psnr(psnr_pred)),
+           "copy_last_frame_decoded_psnr_pooled": float(M.pooled_psnr(psnr_copy))}
     for name, where in (("idle", ~moving), ("moving", moving)):
         cells = where[:, :, None, None].expand_as(keep)
         out[f"{name}_steps"] = {"fraction": float(where.float().mean()), "code_change_rate": mean((~keep).float(), cells),
@@ -472,11 +474,17 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
         return fn(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:])).reshape(a.shape[:2])
 
     psnr_tok = per_step(M.psnr, pred_img, gt_img)
+    psnr_copy = per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), gt_img)
     r = {"episodes": [{"file": e["file"], "start": e["t0"]} for e in eps], "horizon": H, "context": C,
          "sampler": sampler.describe(),
          "psnr_vs_tokens": np.minimum(psnr_tok, M.PSNR_CAP_DB).mean(0).tolist(),
          "ssim_vs_tokens": per_step(M.ssim, pred_img, gt_img).mean(0).tolist(),
-         "psnr_copy_last_frame": np.minimum(per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), gt_img), M.PSNR_CAP_DB).mean(0).tolist(),
+         "psnr_copy_last_frame": np.minimum(psnr_copy, M.PSNR_CAP_DB).mean(0).tolist(),
+         # PSNR of the episodes' mean squared error: robust to the few identical frames (idle steps)
+         # that the capped per-frame mean counts as 100 dB
+         "psnr_pooled_vs_tokens": M.pooled_psnr(psnr_tok).tolist(),
+         "psnr_pooled_copy_last_frame": M.pooled_psnr(psnr_copy).tolist(),
+         "identical_copy_frames": (psnr_copy == np.inf).sum(0).tolist(),
          # 1 = as much fine detail as the decoded truth, < 1 blurrier
          "sharpness_ratio": (M.sharpness(pred_img).reshape(B, H).mean(0) / np.maximum(M.sharpness(gt_img).reshape(B, H).mean(0), 1e-9)).tolist()}
     # code diversity per step

@@ -37,6 +37,16 @@ def test_identical_frames_psnr_inf_ssim_one():
     assert M.mean_abs_diff(a, a)[0] == 0
 
 
+def test_pooled_psnr_counts_identical_frames_as_zero_error_not_100_db():
+    a = np.zeros((4, 8, 8, 3), np.uint8)
+    b = a.copy()
+    b[1:] = 10  # one identical frame, three with mse 100
+    per_frame = M.psnr(a, b)
+    assert M.mean_psnr(per_frame) > 45  # the capped mean is dominated by the identical frame
+    assert M.pooled_psnr(per_frame) == pytest.approx(10 * np.log10(255 ** 2 / 75))
+    assert M.pooled_psnr(np.stack([per_frame, per_frame[::-1]], 1), axis=0) == pytest.approx([10 * np.log10(255 ** 2 / 75)] * 2)
+
+
 def test_psnr_known_value_and_ssim_orders_noise():
     a = np.zeros((2, 8, 8, 3), np.uint8)
     b = a.copy()

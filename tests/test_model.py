@@ -221,12 +221,18 @@ def test_copy_sources_match_warp():
     assert torch.allclose((picked * w[:, None]).sum(-1), warp(x, d, zoom), atol=1e-5)
 
 
-def test_copy_prior_gradient_reaches_the_camera_motion():
-    m = tiny(copy_prior=True, shift_radius=3)
+@pytest.mark.parametrize("copy_motion", ["learned", "detached"])
+def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion):
+    # untrained, the head and the gate are zero, so the logits depend on the motion only through the copy term
+    m = tiny(copy_prior=True, shift_radius=3, copy_motion=copy_motion)
     tokens, actions = batch(T=4)
     loss = F.cross_entropy(m(tokens, actions).permute(0, 1, 3, 4, 2).reshape(-1, K), tokens[:, 1:].reshape(-1))
     loss.backward()
-    assert m.shift[-1].weight.grad.abs().sum() > 0
+    grad = m.shift[-1].weight.grad
+    moved = grad is not None and bool(grad.abs().sum() > 0)
+    assert moved == (copy_motion == "learned")
+    with pytest.raises(ValueError, match="copy_motion"):
+        tiny(copy_prior=True, copy_motion="frozen")
 
 
 def test_codebook_head_ties_logits_to_code_similarity():
