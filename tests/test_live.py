@@ -374,3 +374,25 @@ def test_recorded_session_replays_frame_for_frame(tiny, tmp_path, monkeypatch):
     live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "2", "--record", str(replay),
                          "--overwrite"])
     assert len(decoded_frames(replay)) == 2
+
+
+def test_cpu_precision_is_resolved_recorded_and_replayed(tiny, tmp_path):
+    """--precision auto becomes fp32 or bf16 (bf16 only on CPUs with AMX), is written to the sidecar,
+    and a replay of a bf16 recording runs in bf16 again, frame for frame."""
+    import live_inference
+    from utils import cpu_has_fast_bf16
+    auto = tmp_path / "auto.mp4"
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "3", "--record", str(auto)])
+    expected = "bf16" if cpu_has_fast_bf16() else "fp32"
+    assert json.loads((tmp_path / "auto.json").read_text())["config"]["precision"] == expected
+    rec = tmp_path / "bf16.mp4"
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "4", "--precision", "bf16",
+                         "--record", str(rec)])
+    assert json.loads((tmp_path / "bf16.json").read_text())["config"]["precision"] == "bf16"
+    replay = tmp_path / "replay.mp4"
+    live_inference.main(["--checkpoint", tiny["world"], "--headless", "--actions", str(tmp_path / "bf16.json"),
+                         "--record", str(replay)])
+    assert json.loads((tmp_path / "replay.json").read_text())["config"]["precision"] == "bf16"
+    np.testing.assert_array_equal(decoded_frames(replay), decoded_frames(rec))
+    with pytest.raises(SystemExit, match="--precision must be"):
+        live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "1", "--precision", "fp16"])
