@@ -176,7 +176,7 @@ def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidan
             on_step(h, logits)
         preds.append(sample_chunks(chunks, logits, h))
         if h < steps - 1:
-            logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance)
+            logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance, sampled=True)
     return torch.stack(preds, 1)
 
 

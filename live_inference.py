@@ -114,9 +114,11 @@ class WorldModelEnv:
         self.step_fn = torch.compile(model.step, dynamic=False) if compile else model.step  # one shape in play
         self.generator = torch.Generator(device=self.device)
         self.action = torch.zeros(1, actions.ACTION_DIM, device=self.device)  # reused every step
+        self.level = torch.zeros(1, device=self.device)  # the input's corruption level: 0 real, sampled_level a sample
         self.start = None
         self.state = None
         self.tokens = None  # [1, h, w] int64, the current frame's grid
+        self.sampled = False  # whether self.tokens is the model's own sample (else a real frame)
         self.timings = dict.fromkeys(("step_ms", "sample_ms", "model_ms", "decode_ms", "step_cpu_ms",
                                       "sample_cpu_ms", "decode_cpu_ms"), 0.0)
 
@@ -142,12 +144,14 @@ class WorldModelEnv:
         tokens = start.tokens.to(self.device, torch.int64).clone()  # an inference tensor, like the sampled grids
         acts = torch.as_tensor(start.actions, dtype=torch.float32, device=self.device)
         self.state = self.model.init_state(1, self.device)
+        self.level.zero_()
         with self.amp:
             for t in range(len(tokens) - 1):  # the logits are not needed: the real next frame follows
                 # through the same action buffer as predict: a compiled step then has one graph, not two
                 self.action.copy_(acts[t:t + 1])
-                _, self.state = self.step_fn(tokens[t:t + 1], self.action, self.state)
+                _, self.state = self.step_fn(tokens[t:t + 1], self.action, self.state, corruption=self.level)
         self.tokens = tokens[-1:].clone()
+        self.sampled = False  # the next input is the real start frame
         self.generator.manual_seed(self.seed)
         return self.decode(self.tokens)
 
@@ -157,7 +161,10 @@ class WorldModelEnv:
         t0, c0 = time.perf_counter(), time.thread_time()
         self.action.copy_(torch.as_tensor(action, dtype=torch.float32).view(1, -1))
         with self.amp:
-            logits, self.state = self.step_fn(self.tokens, self.action, self.state, guidance=self.guidance)  # [1, K, h, w]
+            self.level.fill_(self.model.cfg.sampled_level if self.sampled else 0.0)
+            logits, self.state = self.step_fn(self.tokens, self.action, self.state, corruption=self.level,
+                                              guidance=self.guidance)  # [1, K, h, w]
+        self.sampled = True  # from now on the input is the model's own sample
         self._sync()
         t1, c1 = time.perf_counter(), time.thread_time()
         self.tokens = self.sampler(logits, generator=self.generator)  # [1, h, w], a new tensor each step

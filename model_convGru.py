@@ -62,6 +62,8 @@ class WorldModelConfig:
     copy_prior: bool = False  # logits start as "each cell keeps its code, moved by the camera motion"
     copy_motion: str = "learned"  # "learned": the copy term also trains the camera motion; "detached":
                                   # it only uses the motion the state warp learns
+    sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
+                                # it can trust real frames more (0 = told nothing: samples pass as clean)
     head: str = "linear"      # "linear": free per-code weights; "codebook": similarity to the tokenizer's codes
     code_dim: int = 0         # size of the tokenizer's code vectors (head "codebook"; from the tokenizer)
 
@@ -344,12 +346,16 @@ class WorldModel(nn.Module):
         assert actions.shape[1] == tokens.shape[1] - 1, "need T-1 actions for T frames"
         return self.forward_sequence(tokens[:, :-1], actions, state, present, corruption)[0]
 
-    def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0):
+    def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0, sampled=False):
         """Play: tokens [B, h, w] int64 (frame t), action [B, A] float (None = unconditioned),
         state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state).
         guidance g != 1 also runs the step without the action, from the same state, and returns
         unconditioned + g * (conditioned - unconditioned) logits (action dropout in training is what
-        makes the unconditioned half meaningful); the state carried on is the conditioned one."""
+        makes the unconditioned half meaningful); the state carried on is the conditioned one.
+        sampled=True says the tokens are the model's own sample, not a real frame: the model is then
+        told corruption level cfg.sampled_level (what training rollouts tell it)."""
+        if sampled and corruption is None and self.cfg.sampled_level > 0:
+            corruption = self.cfg.sampled_level
         if guidance != 1.0 and action is not None:
             B = tokens.shape[0]
             present = torch.ones(B, device=tokens.device) if present is None else present.reshape(B).float()

@@ -58,6 +58,7 @@ class TrainConfig:
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
+    sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
     copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'detached' only reads the motion the state warp learns")
     head: str = opt("linear", "linear | codebook: logits from the similarity to the tokenizer's frozen code vectors")
     action_hidden: int = opt(128, "action/conditioning MLP width")
@@ -107,7 +108,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "sampled_level", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}
@@ -271,13 +272,13 @@ class Objective(nn.Module):
             chunks.append(logits)
         logits_tf = torch.cat(chunks, dim=1)                          # (B, T0, K, h, w)
         preds, prev = [], logits_tf[:, -1]
-        zero = torch.zeros(B, device=tokens.device)
+        sampled = torch.full((B,), m.cfg.sampled_level, device=tokens.device)  # the inputs below are samples
         for r in range(rollout):                                      # feed back the model's own samples
             t = T0 + r
             if r % cfg.bptt == 0:
                 state = tuple(h.detach() for h in state)
             frame = self.sampler(prev.detach())                       # (B, h, w): its sample of frame t
-            prev, state = self.step(frame, actions[:, t], state, present[:, t], zero)
+            prev, state = self.step(frame, actions[:, t], state, present[:, t], sampled)
             preds.append(prev)
         logits_ro = torch.stack(preds, dim=1) if rollout else None   # (B, R, K, h, w)
         return logits_tf, logits_ro, present

@@ -29,7 +29,7 @@ def validate(model, val_ds, cfg, device, ctx, yaw_index, move_index):
         frame, preds, logits_ro = tokens[:, C], [], []
         first_state = state
         for r in range(R):                                         # predicts frames C+1 .. C+R
-            logits, state = model.step(frame, actions[:, C + r], state)
+            logits, state = model.step(frame, actions[:, C + r], state, sampled=r > 0)
             logits_ro.append(logits.float())
             frame = sampler(logits, generator=gen)
             preds.append(frame)
@@ -79,8 +79,8 @@ def save_strip(model, tokenizer, batch, cfg, yaw_index, path, columns=8):
             s, frame, out = tuple(h[:1] for h in state), tokens[:1, C], []
             a = torch.zeros_like(actions[:1, C])
             a[:, yaw_index] = sign
-            for _ in range(R):
-                logits, s = model.step(frame, a, s)
+            for r in range(R):
+                logits, s = model.step(frame, a, s, sampled=r > 0)
                 frame = sampler(logits, generator=gen)
                 out.append(frame[0])
             rows.append(torch.stack(out))

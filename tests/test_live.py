@@ -396,3 +396,28 @@ def test_cpu_precision_is_resolved_recorded_and_replayed(tiny, tmp_path):
     np.testing.assert_array_equal(decoded_frames(replay), decoded_frames(rec))
     with pytest.raises(SystemExit, match="--precision must be"):
         live_inference.main(["--checkpoint", tiny["world"], "--headless", "--frames", "1", "--precision", "fp16"])
+
+
+def test_play_tells_the_model_which_inputs_are_its_own_samples(tiny):
+    """The context and the start frame go in as real frames (level 0); every later input is a
+    sample (the checkpoint's sampled_level), through one tensor, so a compiled step keeps one graph."""
+    env, start = make_env(tiny)
+    env.model.cfg.sampled_level = 0.4
+    seen, step = [], env.step_fn
+
+    def spy(*args, corruption=None, **kw):
+        seen.append(float(corruption))
+        return step(*args, corruption=corruption, **kw)
+    env.step_fn = spy
+    try:
+        env.reset(start)
+        warm = len(seen)
+        for _ in range(3):
+            env.step(act.make_action(move_z=1))
+        assert warm == len(start.tokens) - 1 and seen[:warm] == [0.0] * warm
+        assert seen[warm:] == pytest.approx([0.0, 0.4, 0.4])
+        env.reset()
+        env.step(act.make_action(move_z=1))
+        assert seen[-1] == 0.0
+    finally:
+        env.model.cfg.sampled_level = 0.0

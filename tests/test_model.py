@@ -264,3 +264,18 @@ def test_guidance_one_is_plain_step_and_zero_is_unconditioned(copy_prior):
     assert torch.allclose(g0, uncond, atol=1e-5)
     assert torch.allclose(g2, 2 * plain - uncond, atol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(s1, s3))  # the state carried on is the conditioned one
+
+
+def test_sampled_input_is_told_the_sampled_level():
+    m = tiny(sampled_level=0.7).eval()
+    tokens, actions = batch(T=2)
+    state = m.init_state(2, tokens.device)
+    with torch.no_grad():
+        real, _ = m.step(tokens[:, 0], actions[:, 0], state)
+        sampled, _ = m.step(tokens[:, 0], actions[:, 0], state, sampled=True)
+        told, _ = m.step(tokens[:, 0], actions[:, 0], state, corruption=0.7)
+        plain = tiny(sampled_level=0.0).eval()
+        unchanged = torch.equal(plain.step(tokens[:, 0], actions[:, 0], state, sampled=True)[0],
+                                plain.step(tokens[:, 0], actions[:, 0], state)[0])
+    assert torch.equal(sampled, told) and not torch.allclose(sampled, real)
+    assert unchanged  # level 0: a sample passes as a real frame, as in checkpoints made before the switch
