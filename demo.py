@@ -68,7 +68,8 @@ HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "tf_argmax_decoded_
                     "code_diversity_match", "controllability", "yaw_direction_accuracy", "pitch_direction_accuracy",
                     "action_response", "ws_assignment_accuracy")
 LOWER_IS_BETTER = ("tf_cross_entropy",)
-CLOSER_TO_ONE_IS_BETTER = ("sharpness_ratio_min", "sharpness_ratio_mean", "code_diversity_ratio")  # 1 = like the truth
+CLOSER_TO_ONE_IS_BETTER = ("sharpness_ratio_min", "sharpness_ratio_mean", "code_diversity_ratio", "yaw_shift_vs_truth",
+                           "pitch_shift_vs_truth")  # 1 = like the truth
 
 
 def compare_reports():

@@ -137,6 +137,11 @@ def headline(report, horizons):
                "pitch_direction_accuracy": cf["pitch_direction_accuracy"], "action_response": cf["action_response"]})
     if "sandbox" in cf:
         hl["ws_assignment_accuracy"] = cf["sandbox"]["forward_vs_back_assignment_accuracy"]
+        if "truth_mean_dx_yaw_right_minus_left" in cf["sandbox"]:  # 1 = the view turns as far as the truth's
+            for name, mine, truth in (("yaw", "mean_dx_yaw_right_minus_left", "truth_mean_dx_yaw_right_minus_left"),
+                                      ("pitch", "mean_dy_pitch_down_minus_up", "truth_mean_dy_pitch_down_minus_up")):
+                t = cf["sandbox"][truth]
+                hl[f"{name}_shift_vs_truth"] = cf[mine] / t if abs(t) > 1e-9 else float("nan")
     for rule in ("argmax", "top-k 50"):
         hl[f"unique_codes_step1_{rule.replace(' ', '')}"] = col["rules"][rule]["step1"]
     hl["unique_codes_step1_truth"] = col["ground_truth"]["step1"]

@@ -30,7 +30,7 @@ import eval_metrics as M
 from config import format_config, opt, parse_config
 from sampling import Sampler
 from eval_report import finite_or_none, fmt, headline, plot_all, write_markdown, write_video
-from utils import BadFile, atomic_torch_save, atomic_write_json, resolve_device, seed_everything
+from utils import BadFile, atomic_torch_save, atomic_write_json, resolve_device, seed_everything, usable_guidance
 
 
 @dataclass
@@ -47,7 +47,8 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature of the rollouts (<= 0 = argmax)")
     top_k: int = opt(50, "top-k of the rollout sampler (0 = off)")
     top_p: float = opt(1.0, "top-p of the rollout sampler (1 = off)")
-    guidance: float = opt(1.0, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off)")
+    guidance: float = opt(1.25, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
+                                "models trained without action dropout always run at 1)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
     collapse_episodes: int = opt(1, "episodes of the collapse test (each runs once per decoding rule)")
     cf_steps: int = opt(3, "steps of each counterfactual constant-action rollout")
@@ -404,6 +405,9 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
         sb = {"episodes": len(have),
               "truth_yaw_direction_accuracy": M.direction_accuracy(tmotion["yaw_left"][:, 0], tmotion["yaw_right"][:, 0], -1),
               "truth_pitch_direction_accuracy": M.direction_accuracy(tmotion["pitch_up"][:, 1], tmotion["pitch_down"][:, 1], -1),
+              # the same shift measure on the true counterfactuals: what the model's mean_d* should be
+              "truth_mean_dx_yaw_right_minus_left": float((tmotion["yaw_right"][:, 0] - tmotion["yaw_left"][:, 0]).mean()),
+              "truth_mean_dy_pitch_down_minus_up": float((tmotion["pitch_down"][:, 1] - tmotion["pitch_up"][:, 1]).mean()),
               "truth_pixel_difference": {f"{a}_vs_{b}": float(M.mean_abs_diff(truth_frames[a][:, 1:], truth_frames[b][:, 1:]).mean())
                                          for a, b in CF_PAIRS},
               "psnr": {n: M.mean_psnr(M.psnr(frames[n][have], truth_frames[n][:, 1:])) for n in CF_ACTIONS}}
@@ -565,6 +569,7 @@ def main(cfg):
     torch.set_grad_enabled(False)
     from datasets import TokenWindowDataset
     model, ckpt, path, tokenizer, manifest = load_everything(cfg, device)
+    cfg.guidance = usable_guidance(cfg.guidance, ckpt, "evaluate")
     lpips_fn = make_lpips(device) if cfg.lpips else None
     frac, split_seed = split_settings(cfg, ckpt)
     sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)

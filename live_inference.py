@@ -30,7 +30,7 @@ import actions
 from config import format_config, opt, parse_config
 from sampling import Sampler
 from utils import (BadFile, atomic_write_json, autocast_context, check_file, compile_summary, cpu_has_fast_bf16, file_hash, load_json,
-                   peak_memory_summary, resolve_device)
+                   peak_memory_summary, resolve_device, usable_guidance)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -61,7 +61,8 @@ class Config:
     top_k: int = opt(50, "sample among the k most likely codes, 0 = off (keys - =)")
     top_p: float = opt(1.0, "nucleus sampling mass, 1.0 = off (keys ; ')")
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
-    guidance: float = opt(1.0, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame (1 = off)")
+    guidance: float = opt(1.25, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame "
+                                "(1 = off; models trained without action dropout always run at 1)")
     sensitivity: float = opt(0.15, "mouse look, camera degrees per pixel")
     arrow_speed: float = opt(5.0, "arrow-key look, camera degrees per tick")
     record: str | None = opt(None, "write the session video (H.264 .mp4) here, plus a .json sidecar with "
@@ -223,6 +224,7 @@ def load_env(cfg: Config):
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     model, ckpt = load_world_model(cfg.checkpoint, device)
+    cfg.guidance = usable_guidance(cfg.guidance, ckpt, "live_inference")
     named = ckpt.get("tokenizer") or {}
     path = cfg.tokenizer or named.get("path")
     if not path:

@@ -321,6 +321,15 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def usable_guidance(guidance: float, ckpt: dict, script: str) -> float:
+    """Action guidance needs the unconditioned half that action dropout trains; a checkpoint trained
+    without it runs unguided (g = 1), with a note."""
+    if guidance != 1.0 and not float((ckpt.get("config") or {}).get("action_dropout", 0) or 0):
+        print(f"note: {script}: the checkpoint was trained without action dropout, so it runs unguided (--guidance 1)")
+        return 1.0
+    return guidance
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX tiles and AVX-512 bf16 (Sapphire Rapids and later), where oneDNN runs
     bf16 convolutions and matmuls several times faster than fp32."""

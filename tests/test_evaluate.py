@@ -158,7 +158,7 @@ class ShiftModel(torch.nn.Module):
     def init_state(self, batch, device):
         return None
 
-    def step(self, tokens, action, state, guidance=1.0):
+    def step(self, tokens, action, state, guidance=1.0, sampled=False):
         out = []
         for x, a in zip(tokens, action):
             if self.respond:
@@ -287,12 +287,17 @@ def test_end_to_end_writes_report(tiny):
         rep = json.load(f)
     hl = rep["headline"]
     for key in ("psnr@3", "psnr@6", "ssim@6", "code_diversity_ratio", "controllability", "tf_cross_entropy",
-                "unique_codes_step1_argmax", "idm_keyboard_f1_rollout", "psnr_sandbox@3", "ws_assignment_accuracy"):
+                "unique_codes_step1_argmax", "idm_keyboard_f1_rollout", "psnr_sandbox@3", "ws_assignment_accuracy",
+                "psnr_pooled@1", "psnr_pooled_copy_baseline@3", "tf_argmax_decoded_psnr_pooled", "yaw_shift_vs_truth"):
         assert key in hl and isinstance(hl[key], (int, float)), key
     assert 0.0 <= hl["controllability"] <= 1.0
     assert rep["untrained"] is False
     assert rep["rollout"]["sandbox"]["max_state_error"] == 0.0  # the re-simulation follows the recording exactly
     assert rep["action"]["sandbox"]["truth_yaw_direction_accuracy"] == 1.0  # conventions + shift estimator agree
+    truth = rep["action"]["sandbox"]  # yaw right moves the true content left, pitch down moves it up
+    assert truth["truth_mean_dx_yaw_right_minus_left"] < 0 and truth["truth_mean_dy_pitch_down_minus_up"] < 0
+    assert hl["yaw_shift_vs_truth"] == pytest.approx(rep["action"]["mean_dx_yaw_right_minus_left"]
+                                                     / truth["truth_mean_dx_yaw_right_minus_left"])
     md = (out / "report.md").read_text()
     for name, path in rep["plots"].items():
         assert (out / path).stat().st_size > 0 and f"]({path})" in md

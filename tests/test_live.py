@@ -421,3 +421,13 @@ def test_play_tells_the_model_which_inputs_are_its_own_samples(tiny):
         assert seen[-1] == 0.0
     finally:
         env.model.cfg.sampled_level = 0.0
+
+
+def test_guidance_needs_a_checkpoint_trained_with_action_dropout(tiny, capsys):
+    import live_inference
+    from utils import usable_guidance
+    assert usable_guidance(1.25, {"config": {"action_dropout": 0.1}}, "x") == 1.25
+    assert usable_guidance(1.25, {"config": {}}, "x") == 1.0 and "without action dropout" in capsys.readouterr().out
+    env, _ = live_inference.load_env(live_inference.parse_config(live_inference.Config,
+                                                                 ["--checkpoint", tiny["world"], "--guidance", "2"]))
+    assert env.guidance == 1.0  # the tiny checkpoint's config has no action dropout
