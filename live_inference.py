@@ -247,7 +247,7 @@ def load_env(cfg: Config):
         cfg.precision = "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p)
     env = WorldModelEnv(model, tokenizer, sampler, device, half=cfg.half, compile=cfg.compile, seed=cfg.seed,
-                        guidance=cfg.guidance, precision=cfg.precision if device.type == "cpu" else "fp32")
+                        guidance=cfg.guidance, precision=cfg.precision)
     return env, ckpt
 
 
