@@ -76,6 +76,9 @@ class TrainConfig:
     beta2: float = opt(0.99, "AdamW beta2")
     grad_clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
     time_budget_s: float = opt(0.0, "stop (with a checkpoint) after this much training time, summed over resumes (0 = off)")
+    fit_budget: bool = opt(False, "with time_budget_s: after fit_after steps, shorten max_steps and the rollout schedule "
+                           "in proportion so the learning-rate decay and the curriculum end inside the budget (never lengthens)")
+    fit_after: int = opt(20, "steps timed (at each rollout length) before fit_budget sets the plan")
     stop_after: int = opt(0, "stop (with a checkpoint) after this many steps in this invocation (0 = off)")
     max_bad_steps: int = opt(10, "stop when this many consecutive steps have a non-finite loss")
     # curriculum and robustness
@@ -195,11 +198,23 @@ def rollout_length(schedule, step):
     return [length for start, length in schedule if start <= step][-1] if schedule[0][0] <= step else 0
 
 
-def get_lr(cfg, step):
+def get_lr(cfg, step, max_steps=None):
+    max_steps = cfg.max_steps if max_steps is None else max_steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def fit_plan(max_steps, schedule, step, s_per_step, seconds_left, margin=0.92):
+    """The steps that fit in seconds_left at s_per_step (with a margin for evaluations and
+    checkpoints) -> (max_steps, schedule), both shrunk by the same factor; unchanged if all fit."""
+    fits = step + int(margin * max(0.0, seconds_left) / max(s_per_step, 1e-9))
+    if fits >= max_steps:
+        return max_steps, schedule
+    fits = max(fits, step + 1)
+    scale = fits / max_steps
+    return fits, [(start if start <= step else max(step, round(start * scale)), length) for start, length in schedule]
 
 
 def get_batch(ds, cfg, step, rank, weights, device):
@@ -453,17 +468,21 @@ def main(argv=None):
     precision = utils.resolve_precision(device, cfg.precision)
     ctx = utils.autocast_context(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step, bad_run, bad_total, elapsed = 0, 0, 0, 0.0
+    step, bad_run, bad_total, elapsed, plan = 0, 0, 0, 0.0, None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, elapsed = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
+        plan = ckpt.get("plan")
         bad_run, bad_total = ckpt["bad_steps"]["consecutive"], ckpt["bad_steps"]["total"]
         rng = ckpt["rng"]
         if len(rng) != world and master:
             print(f"RESUME NOTE: saved with {len(rng)} processes, now {world}: RNG streams differ from the original run")
         utils.set_rng_state(rng[rank % len(rng)])
         del ckpt
+    max_steps = cfg.max_steps
+    if plan is not None:  # fitted to the time budget by an earlier invocation of this run
+        max_steps, schedule = int(plan["max_steps"]), [tuple(x) for x in plan["schedule"]]
     objective = Objective(model, cfg, tokenizer)
     runner = objective
     if ddp:
@@ -487,17 +506,20 @@ def main(argv=None):
                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                "curriculum": {"schedule": schedule, "rollout": rollout_length(schedule, step)},
                "data": {"sampler": "window indices = f(seed, step, rank)", "next_step": step, "world_size": world},
-               "bad_steps": {"consecutive": bad_run, "total": bad_total}, "elapsed_s": elapsed}
+               "bad_steps": {"consecutive": bad_run, "total": bad_total}, "elapsed_s": elapsed, "plan": plan}
         return utils.save_checkpoint(obj, cfg.out, step, cfg.keep)
 
     from tqdm import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not master, dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     start_step, last_saved, reason = step, None, "finished"
     loop_start, elapsed_before = time.time(), elapsed  # the budget counts evals and checkpoints too
     frames_per_step = cfg.batch_size * (cfg.window - 1) * world
-    while step < cfg.max_steps:
+    # fit_budget: the first steps at each rollout length are timed and the plan shrinks (never grows)
+    # so that the rest, at that speed, ends inside the budget
+    fit_on, timed_from = cfg.fit_budget and cfg.time_budget_s > 0, None
+    while step < max_steps:
         t0 = time.time()
-        lr = get_lr(cfg, step)
+        lr = get_lr(cfg, step, max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         rollout = rollout_length(schedule, step)
@@ -531,6 +553,24 @@ def main(argv=None):
         dt = time.time() - t0
         elapsed = elapsed_before + time.time() - loop_start
         bar.update(1)
+        if fit_on and (timed_from is None or timed_from[2] != rollout):
+            timed_from = (step, time.time(), rollout, False)  # each rollout length is timed afresh from its 2nd step
+        elif fit_on and not timed_from[3] and step - timed_from[0] >= cfg.fit_after:
+            s_per_step = torch.tensor((time.time() - timed_from[1]) / (step - timed_from[0]))
+            if ddp:  # every rank takes the slowest rank's plan
+                dist.all_reduce(s_per_step, op=dist.ReduceOp.MAX)
+            new_max, new_schedule = fit_plan(max_steps, schedule, step, float(s_per_step), cfg.time_budget_s - elapsed)
+            timed_from = timed_from[:3] + (True,)
+            if new_max < max_steps or plan is None:
+                if master:
+                    bar.write(f"fit_budget: {float(s_per_step):.2f} s/step at rollout {rollout}: " + (
+                        f"{new_max} of {max_steps} planned steps fit in the {cfg.time_budget_s:.0f}s budget; the "
+                        f"learning-rate decay and the rollout schedule now end at step {new_max} {new_schedule}"
+                        if new_max < max_steps else f"all {max_steps} planned steps fit in the {cfg.time_budget_s:.0f}s budget"))
+                plan = {"max_steps": new_max, "schedule": [list(x) for x in new_schedule], "fitted_at": step,
+                        "s_per_step": float(s_per_step), "planned_max_steps": cfg.max_steps}
+                max_steps, schedule = new_max, new_schedule
+                bar.total = max_steps
 
         if log_now:
             keys = sorted(stats)

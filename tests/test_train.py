@@ -274,3 +274,33 @@ def test_validation_metrics_and_strip(data, tmp_path):
     assert img.shape == (4 * h, cfg.eval_rollout * w, 3)  # truth, rollout, yaw left, yaw right
     truth = batch[0][0, cfg.eval_context + 1:]
     assert np.array_equal(img[:h], np.concatenate(list(PaintDecoder().decode(truth).numpy()), axis=1))
+
+
+def test_fit_plan_shrinks_schedule_and_decay_in_proportion():
+    schedule = [(0, 0), (150, 2), (300, 4)]
+    assert train.fit_plan(460, schedule, 20, 1.0, 1000.0) == (460, schedule)  # all fit: unchanged
+    new_max, new_schedule = train.fit_plan(460, schedule, 20, 3.0, 600.0)  # 20 + 0.92 * 600 / 3 = 204
+    assert new_max == 204
+    assert new_schedule == [(0, 0), (round(150 * 204 / 460), 2), (round(300 * 204 / 460), 4)]
+    assert train.fit_plan(460, schedule, 20, 3.0, -5.0)[0] == 21  # budget already spent: one more step
+    cfg = train.TrainConfig(lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=460)
+    assert math.isclose(train.get_lr(cfg, new_max, new_max), cfg.min_lr)
+    assert train.get_lr(cfg, new_max, new_max) < train.get_lr(cfg, new_max) - 1e-3
+
+
+def test_fit_budget_plan_is_saved_and_kept_on_resume(data, tmp_path):
+    out = str(tmp_path / "fit")
+    common = ["--data", data, "--out", out, *TINY, "--max_steps", "100000", "--fit_budget", "true", "--fit_after", "2",
+              "--min_lr", "0.0001", "--lr", "0.002", "--rollout_schedule", "0:0,50000:2", "--ckpt_every", "100000"]
+    train.main(common + ["--time_budget_s", "6"])
+    _, ckpt = train.load_world_model(out, "cpu")
+    plan = ckpt["plan"]
+    assert plan["fitted_at"] >= 3 and plan["planned_max_steps"] == 100000  # timed from step 1, fitted at 3, maybe again
+    assert 3 < plan["max_steps"] < 100000 and ckpt["step"] <= plan["max_steps"]
+    assert plan["schedule"][0] == [0, 0] and plan["schedule"][1][0] < plan["max_steps"]  # rollouts start inside the plan
+    train.main(common + ["--time_budget_s", "120", "--resume"])  # the saved plan, not max_steps, ends the run
+    _, ckpt = train.load_world_model(out, "cpu")
+    assert ckpt["step"] == plan["max_steps"] and ckpt["plan"] == plan
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    last = [r for r in rows if "charts/lr" in r][-1]
+    assert last["step"] == plan["max_steps"] and abs(last["charts/lr"] - 1e-4) < 2e-5
