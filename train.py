@@ -76,8 +76,9 @@ class TrainConfig:
     beta2: float = opt(0.99, "AdamW beta2")
     grad_clip: float = opt(1.0, "global gradient-norm clip (0 = off)")
     time_budget_s: float = opt(0.0, "stop (with a checkpoint) after this much training time, summed over resumes (0 = off)")
-    fit_budget: bool = opt(False, "with time_budget_s: after fit_after steps, shorten max_steps and the rollout schedule "
-                           "in proportion so the learning-rate decay and the curriculum end inside the budget (never lengthens)")
+    fit_budget: bool = opt(False, "with time_budget_s: after fit_after steps, shorten max_steps so the learning-rate decay "
+                           "ends inside the budget (never lengthens)")
+    fit_curriculum: bool = opt(False, "with fit_budget: shrink the rollout schedule in the same proportion")
     fit_after: int = opt(20, "steps timed (at each rollout length) before fit_budget sets the plan")
     stop_after: int = opt(0, "stop (with a checkpoint) after this many steps in this invocation (0 = off)")
     max_bad_steps: int = opt(10, "stop when this many consecutive steps have a non-finite loss")
@@ -206,14 +207,17 @@ def get_lr(cfg, step, max_steps=None):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def fit_plan(max_steps, schedule, step, s_per_step, seconds_left, margin=0.92):
+def fit_plan(max_steps, schedule, step, s_per_step, seconds_left, margin=0.92, curriculum=True):
     """The steps that fit in seconds_left at s_per_step (with a margin for evaluations and
-    checkpoints) -> (max_steps, schedule), both shrunk by the same factor; unchanged if all fit."""
+    checkpoints) -> (max_steps, schedule), the schedule shrunk by the same factor if curriculum;
+    unchanged if all fit."""
     fits = step + int(margin * max(0.0, seconds_left) / max(s_per_step, 1e-9))
     if fits >= max_steps:
         return max_steps, schedule
     fits = max(fits, step + 1)
     scale = fits / max_steps
+    if not curriculum:
+        return fits, schedule
     return fits, [(start if start <= step else max(step, round(start * scale)), length) for start, length in schedule]
 
 
@@ -559,13 +563,14 @@ def main(argv=None):
             s_per_step = torch.tensor((time.time() - timed_from[1]) / (step - timed_from[0]))
             if ddp:  # every rank takes the slowest rank's plan
                 dist.all_reduce(s_per_step, op=dist.ReduceOp.MAX)
-            new_max, new_schedule = fit_plan(max_steps, schedule, step, float(s_per_step), cfg.time_budget_s - elapsed)
+            new_max, new_schedule = fit_plan(max_steps, schedule, step, float(s_per_step), cfg.time_budget_s - elapsed,
+                                               curriculum=cfg.fit_curriculum)
             timed_from = timed_from[:3] + (True,)
             if new_max < max_steps or plan is None:
                 if master:
                     bar.write(f"fit_budget: {float(s_per_step):.2f} s/step at rollout {rollout}: " + (
                         f"{new_max} of {max_steps} planned steps fit in the {cfg.time_budget_s:.0f}s budget; the "
-                        f"learning-rate decay and the rollout schedule now end at step {new_max} {new_schedule}"
+                        f"learning-rate decay now ends at step {new_max}, rollout schedule {new_schedule}"
                         if new_max < max_steps else f"all {max_steps} planned steps fit in the {cfg.time_budget_s:.0f}s budget"))
                 plan = {"max_steps": new_max, "schedule": [list(x) for x in new_schedule], "fitted_at": step,
                         "s_per_step": float(s_per_step), "planned_max_steps": cfg.max_steps}

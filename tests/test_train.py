@@ -282,6 +282,7 @@ def test_fit_plan_shrinks_schedule_and_decay_in_proportion():
     new_max, new_schedule = train.fit_plan(460, schedule, 20, 3.0, 600.0)  # 20 + 0.92 * 600 / 3 = 204
     assert new_max == 204
     assert new_schedule == [(0, 0), (round(150 * 204 / 460), 2), (round(300 * 204 / 460), 4)]
+    assert train.fit_plan(460, schedule, 20, 3.0, 600.0, curriculum=False) == (204, schedule)  # only the decay moves
     assert train.fit_plan(460, schedule, 20, 3.0, -5.0)[0] == 21  # budget already spent: one more step
     cfg = train.TrainConfig(lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=460)
     assert math.isclose(train.get_lr(cfg, new_max, new_max), cfg.min_lr)
@@ -290,7 +291,7 @@ def test_fit_plan_shrinks_schedule_and_decay_in_proportion():
 
 def test_fit_budget_plan_is_saved_and_kept_on_resume(data, tmp_path):
     out = str(tmp_path / "fit")
-    common = ["--data", data, "--out", out, *TINY, "--max_steps", "100000", "--fit_budget", "true", "--fit_after", "2",
+    common = ["--data", data, "--out", out, *TINY, "--max_steps", "100000", "--fit_budget", "true", "--fit_curriculum", "true", "--fit_after", "2",
               "--min_lr", "0.0001", "--lr", "0.002", "--rollout_schedule", "0:0,50000:2", "--ckpt_every", "100000"]
     train.main(common + ["--time_budget_s", "6"])
     _, ckpt = train.load_world_model(out, "cpu")
