@@ -215,10 +215,9 @@ def fit_plan(max_steps, schedule, step, s_per_step, seconds_left, margin=0.92, c
     if fits >= max_steps:
         return max_steps, schedule
     fits = max(fits, step + 1)
-    scale = fits / max_steps
-    if not curriculum:
-        return fits, schedule
-    return fits, [(start if start <= step else max(step, round(start * scale)), length) for start, length in schedule]
+    if curriculum:
+        schedule = [(start if start <= step else max(step, round(start * fits / max_steps)), length) for start, length in schedule]
+    return fits, schedule
 
 
 def get_batch(ds, cfg, step, rank, weights, device):
@@ -520,7 +519,7 @@ def main(argv=None):
     frames_per_step = cfg.batch_size * (cfg.window - 1) * world
     # fit_budget: the first steps at each rollout length are timed and the plan shrinks (never grows)
     # so that the rest, at that speed, ends inside the budget
-    fit_on, timed_from = cfg.fit_budget and cfg.time_budget_s > 0, None
+    fit_on, timed_from, fitted = cfg.fit_budget and cfg.time_budget_s > 0, None, False
     while step < max_steps:
         t0 = time.time()
         lr = get_lr(cfg, step, max_steps)
@@ -558,14 +557,14 @@ def main(argv=None):
         elapsed = elapsed_before + time.time() - loop_start
         bar.update(1)
         if fit_on and (timed_from is None or timed_from[2] != rollout):
-            timed_from = (step, time.time(), rollout, False)  # each rollout length is timed afresh from its 2nd step
-        elif fit_on and not timed_from[3] and step - timed_from[0] >= cfg.fit_after:
+            timed_from, fitted = (step, time.time(), rollout), False  # each rollout length is timed afresh from its 2nd step
+        elif fit_on and not fitted and step - timed_from[0] >= cfg.fit_after:
+            fitted = True
             s_per_step = torch.tensor((time.time() - timed_from[1]) / (step - timed_from[0]))
             if ddp:  # every rank takes the slowest rank's plan
                 dist.all_reduce(s_per_step, op=dist.ReduceOp.MAX)
             new_max, new_schedule = fit_plan(max_steps, schedule, step, float(s_per_step), cfg.time_budget_s - elapsed,
                                                curriculum=cfg.fit_curriculum)
-            timed_from = timed_from[:3] + (True,)
             if new_max < max_steps or plan is None:
                 if master:
                     bar.write(f"fit_budget: {float(s_per_step):.2f} s/step at rollout {rollout}: " + (
