@@ -60,8 +60,9 @@ class WorldModelConfig:
     zoom_range: float = 0.0   # learned action-conditioned zoom, largest |log scale| per step (0 = off;
                               # train.py turns it on, 0 keeps checkpoints made before it loadable)
     copy_prior: bool = False  # logits start as "each cell keeps its code, moved by the camera motion"
-    copy_motion: str = "learned"  # "learned": the copy term also trains the camera motion; "detached":
-                                  # it only uses the motion the state warp learns
+    copy_motion: str = "learned"  # "learned": the copy term also trains the camera motion; "shift": it
+                                  # trains the shift but not the zoom; "detached": it only uses the
+                                  # motion the state warp learns
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     head: str = "linear"      # "linear": free per-code weights; "codebook": similarity to the tokenizer's codes
@@ -217,8 +218,8 @@ class WorldModel(nn.Module):
             self.to_logits = nn.Linear(C, K)
         else:
             raise ValueError(f"head must be 'linear' or 'codebook', got {cfg.head!r}")
-        if cfg.copy_motion not in ("learned", "detached"):
-            raise ValueError(f"copy_motion must be 'learned' or 'detached', got {cfg.copy_motion!r}")
+        if cfg.copy_motion not in ("learned", "shift", "detached"):
+            raise ValueError(f"copy_motion must be 'learned', 'shift' or 'detached', got {cfg.copy_motion!r}")
         if cfg.copy_prior:
             # copy-or-generate: the head learns the change on top of "keep the moved code". Zero
             # initialised, so an untrained model predicts exactly the (moved) last frame
@@ -333,6 +334,8 @@ class WorldModel(nn.Module):
                 d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
             if self.cfg.copy_motion == "detached":
                 d, zoom = d.detach(), zoom.detach()
+            elif self.cfg.copy_motion == "shift":
+                zoom = zoom.detach()
             src, w = copy_sources(d, zoom, H, W)                                            # (N, h, w, 4) x2
             codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, 4)
             gain = self.copy_gain + self.copy_gate(y)                                       # (N, h, w, 1)

@@ -221,16 +221,17 @@ def test_copy_sources_match_warp():
     assert torch.allclose((picked * w[:, None]).sum(-1), warp(x, d, zoom), atol=1e-5)
 
 
-@pytest.mark.parametrize("copy_motion", ["learned", "detached"])
+@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached"])
 def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion):
     # untrained, the head and the gate are zero, so the logits depend on the motion only through the copy term
-    m = tiny(copy_prior=True, shift_radius=3, copy_motion=copy_motion)
+    m = tiny(copy_prior=True, shift_radius=3, zoom_range=0.1, copy_motion=copy_motion)
     tokens, actions = batch(T=4)
     loss = F.cross_entropy(m(tokens, actions).permute(0, 1, 3, 4, 2).reshape(-1, K), tokens[:, 1:].reshape(-1))
     loss.backward()
-    grad = m.shift[-1].weight.grad
-    moved = grad is not None and bool(grad.abs().sum() > 0)
-    assert moved == (copy_motion == "learned")
+    grad = m.shift[-1].weight.grad  # rows: dx, dy, log zoom
+    grad = torch.zeros_like(m.shift[-1].weight) if grad is None else grad
+    assert bool(grad[:2].abs().sum() > 0) == (copy_motion in ("learned", "shift"))
+    assert bool(grad[2].abs().sum() > 0) == (copy_motion == "learned")
     with pytest.raises(ValueError, match="copy_motion"):
         tiny(copy_prior=True, copy_motion="frozen")
 
