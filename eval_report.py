@@ -116,6 +116,9 @@ def headline(report, horizons):
         hl[f"ssim@{h}"] = at(ro["ssim_vs_tokens"], h)
         if "psnr_vs_video" in ro:
             hl[f"psnr_video@{h}"] = at(ro["psnr_vs_video"], h)
+        if "psnr_pooled_vs_video" in ro:
+            hl[f"psnr_pooled_video@{h}"] = at(ro["psnr_pooled_vs_video"], h)
+            hl[f"psnr_pooled_video_copy_baseline@{h}"] = at(ro["psnr_pooled_copy_vs_video"], h)
     hl["psnr_copy_baseline@%d" % horizons[0]] = at(ro["psnr_copy_last_frame"], horizons[0])
     hl["psnr@1"], hl["psnr_copy_baseline@1"] = at(ro["psnr_vs_tokens"], 1), at(ro["psnr_copy_last_frame"], 1)
     if "psnr_pooled_vs_tokens" in ro:

@@ -509,6 +509,10 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
             true_img = np.stack(got)
             r["psnr_vs_video"] = np.minimum(per_step(M.psnr, pred_img, true_img), M.PSNR_CAP_DB).mean(0).tolist()
             r["ssim_vs_video"] = per_step(M.ssim, pred_img, true_img).mean(0).tolist()
+            # pooled, for the model and for copying the decoded last frame: the one rollout score that
+            # compares models trained on different tokens of the same video (each is judged on the video)
+            r["psnr_pooled_vs_video"] = M.pooled_psnr(per_step(M.psnr, pred_img, true_img)).tolist()
+            r["psnr_pooled_copy_vs_video"] = M.pooled_psnr(per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), true_img)).tolist()
             r["tokenizer_psnr"] = M.mean_psnr(M.psnr(gt_img, true_img))
     if lpips_fn is not None:
         r["lpips_vs_tokens"] = per_step(lpips_fn, pred_img, gt_img).mean(0).tolist()

@@ -62,9 +62,12 @@ class WorldModelConfig:
     copy_prior: bool = False  # logits start as "each cell keeps its code, moved by the camera motion"
     copy_motion: str = "learned"  # "learned": the copy term also trains the camera motion; "shift": it
                                   # trains the shift but not the zoom; "detached": it only uses the
-                                  # motion the state warp learns
+                                  # motion the state warp learns; "nearest": detached, and each cell
+                                  # copies the one source cell nearest to where the motion points
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
+    anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
+                                   # step moves nothing (the copy then keeps each cell exactly)
     head: str = "linear"      # "linear": free per-code weights; "codebook": similarity to the tokenizer's codes
     code_dim: int = 0         # size of the tokenizer's code vectors (head "codebook"; from the tokenizer)
 
@@ -218,8 +221,8 @@ class WorldModel(nn.Module):
             self.to_logits = nn.Linear(C, K)
         else:
             raise ValueError(f"head must be 'linear' or 'codebook', got {cfg.head!r}")
-        if cfg.copy_motion not in ("learned", "shift", "detached"):
-            raise ValueError(f"copy_motion must be 'learned', 'shift' or 'detached', got {cfg.copy_motion!r}")
+        if cfg.copy_motion not in ("learned", "shift", "detached", "nearest"):
+            raise ValueError(f"copy_motion must be 'learned', 'shift', 'detached' or 'nearest', got {cfg.copy_motion!r}")
         if cfg.copy_prior:
             # copy-or-generate: the head learns the change on top of "keep the moved code". Zero
             # initialised, so an untrained model predicts exactly the (moved) last frame
@@ -274,6 +277,9 @@ class WorldModel(nn.Module):
         [N] within +-zoom_range; either is zero when its limit is 0). The view takes its content from (x + dx, y + dy), so
         dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre)."""
         raw = self.shift(cond).float()
+        if self.cfg.anchored_motion:  # minus the motion of the same step with no action: idle = no motion
+            A = self.cfg.action_dim
+            raw = raw - self.shift(torch.cat([torch.zeros_like(cond[:, :A]), cond[:, A:]], 1)).float()
         R, Z = self.cfg.shift_radius, self.cfg.zoom_range
         d = R * torch.tanh(raw[:, :2] / R) if R > 0 else torch.zeros_like(raw[:, :2])
         return d, (Z * torch.tanh(raw[:, 2] / Z) if Z > 0 else torch.zeros_like(raw[:, 0]))
@@ -332,12 +338,14 @@ class WorldModel(nn.Module):
         if self.cfg.copy_prior:
             if not self.moves:
                 d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
-            if self.cfg.copy_motion == "detached":
+            if self.cfg.copy_motion in ("detached", "nearest"):
                 d, zoom = d.detach(), zoom.detach()
             elif self.cfg.copy_motion == "shift":
                 zoom = zoom.detach()
             src, w = copy_sources(d, zoom, H, W)                                            # (N, h, w, 4) x2
-            codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, 4)
+            if self.cfg.copy_motion == "nearest":  # the whole gain on one code: a sub-cell motion keeps the cell
+                src, w = src.gather(-1, w.argmax(-1, keepdim=True)), torch.ones_like(w[..., :1])
+            codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, -1)
             gain = self.copy_gain + self.copy_gate(y)                                       # (N, h, w, 1)
             logits = logits.scatter_add(-1, codes, (gain * w).to(logits.dtype))
         # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)

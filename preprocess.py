@@ -48,6 +48,8 @@ class Config:
     shard: str = opt("0/1", "I/N: only trajectories whose index in sorted-name order is I mod N (split across machines)")
     device: str = opt("auto", "encoder device: auto | cpu | cuda | cuda:1 ...")
     batch_size: int = opt(64, "frames per encoder batch")
+    sticky: float = opt(0.0, "a cell keeps the previous frame's code while its cosine similarity is within this of the "
+                             "best code's (0 = plain nearest code; EMA tokenizers only): fewer near-duplicate flips")
     threads: int = opt(0, "torch CPU threads for the encoder (0 = auto: CPU cores minus decoder workers, at least 1)")
     min_frames: int = opt(2, "skip trajectories with fewer kept frames than this")
     limit: int = opt(0, "process at most this many trajectories of this shard (0 = all), for quick tries")
@@ -188,12 +190,14 @@ def batches(frames, batch_size):
 
 
 @torch.inference_mode()
-def encode_all(tokenizer, frames, batch_size, device, pbar):
+def encode_all(tokenizer, frames, batch_size, device, pbar, sticky=0.0):
     """frames: iterable of uint8 (H, W, 3) -> tokens [K, h, w] uint16. Batches never span trajectories,
-    so a trajectory's tokens do not depend on what else is processed (resume gives identical files)."""
-    out = []
+    so a trajectory's tokens do not depend on what else is processed (resume gives identical files).
+    sticky > 0 carries each cell's code from frame to frame (Tokenizer.encode)."""
+    out, prev = [], None
     for batch in batches(frames, batch_size):  # (B, H, W, 3)
-        codes = tokenizer.encode(torch.from_numpy(batch).to(device))  # (B, h, w) int64
+        codes = tokenizer.encode(torch.from_numpy(batch).to(device), sticky=sticky, prev=prev)  # (B, h, w) int64
+        prev = codes[-1]
         out.append(codes.cpu().numpy().astype(np.uint16))
         pbar.update(len(batch))
     return np.concatenate(out)
@@ -265,6 +269,11 @@ def main(cfg: Config) -> dict:
         threads = encoder_threads(cfg, device)
         torch.set_num_threads(threads)
         tokenizer, tok_info = load_tokenizer_info(cfg.tokenizer, device)
+        if cfg.sticky < 0 or (cfg.sticky > 0 and tokenizer.config.get("quantizer") != "ema"):
+            raise SystemExit(f"--sticky {cfg.sticky}: needs a value >= 0, and > 0 needs an EMA (codebook) tokenizer; "
+                             f"{cfg.tokenizer} uses {tokenizer.config.get('quantizer')}")
+        if cfg.sticky > 0:
+            tok_info["sticky"] = cfg.sticky
         os.makedirs(cfg.out, exist_ok=True)  # only once every input has been checked
         fh, fw = tok_info["frame_size"]
         print(f"tokenizer {cfg.tokenizer}: hash {tok_info['hash']}, {tok_info['codebook_size']} codes, "
@@ -292,7 +301,7 @@ def main(cfg: Config) -> dict:
         for job, frames, err in decoded(todo, pool, cfg.workers):
             if err is None:
                 try:
-                    tokens = encode_all(tokenizer, frames, cfg.batch_size, device, pbar)
+                    tokens = encode_all(tokenizer, frames, cfg.batch_size, device, pbar, cfg.sticky)
                     write_token_file(job, tokens, tok_info, cfg.out)
                     processed.append(job.traj.name)
                     n_frames += job.length
@@ -353,6 +362,9 @@ def check_existing(jobs, tok_info, out_dir):
         if meta["tokenizer"]["hash"] != tok_info["hash"]:
             raise SystemExit(f"{path} was made by tokenizer {meta['tokenizer']['hash']}, this run uses "
                              f"{tok_info['hash']}; write to a new --out folder")
+        if meta["tokenizer"].get("sticky", 0) != tok_info.get("sticky", 0):
+            raise SystemExit(f"{path} was made with --sticky {meta['tokenizer'].get('sticky', 0)}, this run uses "
+                             f"{tok_info.get('sticky', 0)}; write to a new --out folder")
         if (meta["stride"], meta["skip_frames"], meta["length"]) != (job.stride, job.skip, job.length):
             raise SystemExit(f"{path} was made with stride {meta['stride']} / skip {meta['skip_frames']} / "
                              f"{meta['length']} frames, this run gives stride {job.stride} / skip {job.skip} / "

@@ -59,7 +59,8 @@ class TrainConfig:
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
-    copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns")
+    copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell")
+    anchored_motion: bool = opt(False, "the learned camera motion is taken relative to the no-action motion, so idle steps move nothing")
     head: str = opt("linear", "linear | codebook: logits from the similarity to the tokenizer's frozen code vectors")
     action_hidden: int = opt(128, "action/conditioning MLP width")
     idm_hidden: int = opt(64, "inverse-dynamics head width")
@@ -112,7 +113,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "sampled_level", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "sampled_level", "anchored_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}

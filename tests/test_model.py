@@ -211,6 +211,27 @@ def test_copy_prior_follows_the_camera_motion():
     assert torch.equal(pred[:, :, :-1], src[:, :, 1:]) and torch.equal(pred[:, :, -1], src[:, :, -1])
 
 
+def test_anchored_motion_is_zero_without_an_action():
+    """anchored_motion: whatever the motion head has learned (here random, biases included), a step
+    with no action moves nothing, so the copy prior keeps every cell; an action still moves the view."""
+    m = moving(copy_prior=True, zoom_range=0.2, anchored_motion=True).eval()
+    free = moving(copy_prior=True, zoom_range=0.2).eval()
+    with torch.no_grad():
+        for net in (m, free):
+            net.shift[-1].bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
+        idle = torch.zeros(4, A)
+        for present in (torch.ones(4), torch.zeros(4)):
+            d, zoom = m.camera_motion(m.cond_vector(idle, present, torch.rand(4)))
+            assert torch.equal(d, torch.zeros_like(d)) and torch.equal(zoom, torch.zeros_like(zoom))
+        d_free, _ = free.camera_motion(free.cond_vector(idle, torch.ones(4), torch.zeros(4)))
+        assert d_free.abs().sum() > 0  # the same head without the anchor drifts
+        d, zoom = m.camera_motion(m.cond_vector(torch.randn(4, A), torch.ones(4), torch.zeros(4)))
+        assert d.abs().sum() > 0 and zoom.abs().sum() > 0
+        tokens, _ = batch(T=2)
+        pred = m(tokens, torch.zeros(2, 1, A)).argmax(2)[:, 0]
+    assert torch.equal(pred, tokens[:, 0])
+
+
 def test_copy_sources_match_warp():
     from model_convGru import copy_sources, warp
     g = torch.Generator().manual_seed(0)
@@ -221,7 +242,30 @@ def test_copy_sources_match_warp():
     assert torch.allclose((picked * w[:, None]).sum(-1), warp(x, d, zoom), atol=1e-5)
 
 
-@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached"])
+def test_nearest_copy_keeps_the_cell_under_a_sub_cell_motion():
+    """'nearest' puts the whole copy gain on the source cell nearest to where the motion points: a
+    0.4-cell shift still copies each cell's own code, a 0.6-cell shift its neighbour's; the
+    bilinear copy ('detached') splits the gain over both."""
+    tokens, actions = batch(T=2)
+    src = tokens[:, 0]
+    for dx, offset in ((0.4, 0), (0.6, 1)):
+        m = tiny(copy_prior=True, shift_radius=3, copy_motion="nearest").eval()
+        with torch.no_grad():
+            m.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(dx / 3), 0.0]))
+            logits = m(tokens, actions)[:, 0]
+        pred = logits.argmax(1)
+        want = torch.cat([src[:, :, offset:], src[:, :, -1:].expand(-1, -1, offset)], 2)
+        assert torch.equal(pred, want)
+        top = logits.max(1).values
+        assert torch.allclose(top, m.copy_gain.expand_as(top))  # nothing split off
+    split = tiny(copy_prior=True, shift_radius=3, copy_motion="detached").eval()
+    with torch.no_grad():
+        split.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(0.4 / 3), 0.0]))
+        top = split(tokens, actions)[:, 0].max(1).values
+    assert (top < split.copy_gain - 1).any()
+
+
+@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached", "nearest"])
 def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion):
     # untrained, the head and the gate are zero, so the logits depend on the motion only through the copy term
     m = tiny(copy_prior=True, shift_radius=3, zoom_range=0.1, copy_motion=copy_motion)

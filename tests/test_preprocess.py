@@ -345,6 +345,28 @@ def test_bad_inputs_skipped_and_reported(tmp_path, gf_root, mr_root, tok_path):
                                        "manifest.json"]
 
 
+def test_sticky_tokens_match_the_tokenizer_and_are_recorded(tmp_path, gf_root, tok_path):
+    out = tmp_path / "sticky"
+    stats = preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(out), sticky=0.05, batch_size=7))
+    assert stats["processed"] == 3
+    tok = load_tokenizer(tok_path)
+    m = datasets.read_manifest(str(out))
+    assert m["tokenizer"]["sticky"] == 0.05
+    t = datasets.find_trajectories(gf_root)[0][0]
+    frames = np.stack(list(t.frames()))
+    z = load(out / (t.name + ".npz"))
+    # batches of 7 carry the codes across, so the file equals one sticky pass over the whole clip
+    np.testing.assert_array_equal(tok.encode(frames, sticky=0.05).numpy(), z["tokens"])
+    plain = tok.encode(frames).numpy()
+    kept = lambda c: (c[1:] == c[:-1]).mean()
+    assert kept(z["tokens"]) >= kept(plain)
+    # another margin into the same folder is refused, not mixed in
+    with pytest.raises(SystemExit, match="sticky"):
+        preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(out), sticky=0.0))
+    with pytest.raises(SystemExit, match="sticky"):
+        preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(tmp_path / "neg"), sticky=-1.0))
+
+
 def test_nothing_processed_exits_nonzero(tmp_path, tok_path, capsys):
     (tmp_path / "d" / "data_2003" / "video").mkdir(parents=True)
     (tmp_path / "d" / "data_2003" / "metadata").mkdir()

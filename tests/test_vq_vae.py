@@ -96,6 +96,34 @@ def test_decode_soft_matches_hard_decode_and_has_gradient(exported):
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+def test_sticky_encoding_keeps_near_codes_and_bounds_the_loss(exported):
+    model, path = exported
+    tok = load_tokenizer(path)
+    # one frame plus small noise: the plain codes flip between near-duplicates, the sticky ones less
+    base = blocky_frames(1, seed=4)
+    rng = np.random.default_rng(0)
+    frames = np.clip(base.astype(np.int16) + rng.integers(-6, 7, (12,) + base.shape[1:]), 0, 255).astype(np.uint8)
+    if model.cfg.quantizer != "ema":
+        with pytest.raises(ValueError, match="EMA"):
+            tok.encode(frames, sticky=0.05)
+        return
+    plain = tok.encode(frames)
+    assert torch.equal(tok.encode(frames, sticky=0.0), plain)
+    sticky = tok.encode(frames, sticky=0.05, batch_size=5)  # batches carry the codes across
+    assert torch.equal(sticky[0], plain[0])  # nothing to keep before the first frame
+    kept = lambda c: (c[1:] == c[:-1]).float().mean()
+    assert kept(sticky) > kept(plain)
+    # every kept code is within the margin of the best code's similarity
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        sims = model.eval().quantizer.similarities(model.encoder(x))     # (B, h, w, K)
+    chosen = sims.gather(-1, sticky[..., None])[..., 0]
+    assert (chosen >= sims.max(-1).values - 0.05 - 1e-6).all()
+    # a huge margin keeps the first frame's codes for ever; prev sets what the first frame keeps
+    assert (tok.encode(frames, sticky=10.0) == plain[0]).all()
+    assert (tok.encode(frames, sticky=10.0, prev=plain[3]) == plain[3]).all()
+
+
 @pytest.mark.parametrize("quantizer", ["fsq", "ema"])
 def test_gradient_reaches_encoder_through_quantizer(quantizer):
     model = tiny_model(quantizer).train()

@@ -255,6 +255,11 @@ class EMAQuantizer(nn.Module):
         q = x + (q - x).detach()
         return q.reshape(B, h, w, d).permute(0, 3, 1, 2), idx.reshape(B, h, w), loss
 
+    @_fp32
+    def similarities(self, z):
+        """z (B, d, h, w) -> cosine similarity of every cell to every code (B, h, w, K)."""
+        return F.normalize(z.permute(0, 2, 3, 1), dim=-1) @ self.embed.t()
+
     def codes(self, idx):
         return self.embed[idx]
 
@@ -283,9 +288,28 @@ class VQVAE(nn.Module):
         zq, idx, aux = self.quantizer(self.encoder(x))
         return self.decoder(zq), idx, aux
 
-    def encode(self, x):
-        """x (B, 3, H, W) in [-1, 1] -> int64 indices (B, h, w)."""
-        return self.quantizer(self.encoder(x))[1]
+    def encode(self, x, sticky=0.0, prev=None):
+        """x (B, 3, H, W) in [-1, 1] -> int64 indices (B, h, w).
+
+        sticky > 0 treats the batch as consecutive frames of one video: a cell keeps the previous
+        frame's code while that code's cosine similarity is within `sticky` of the best code's, so
+        near-duplicate codes do not flip on noise (prev (h, w): the code before the first frame)."""
+        if sticky <= 0:
+            return self.quantizer(self.encoder(x))[1]
+        if not hasattr(self.quantizer, "similarities"):
+            raise ValueError("sticky encoding needs a codebook (EMA) quantizer; this tokenizer uses "
+                             f"{self.cfg.quantizer}")
+        sims = self.quantizer.similarities(self.encoder(x))   # (B, h, w, K)
+        best, idx = sims.max(-1)                               # (B, h, w)
+        out = []
+        for i in range(sims.shape[0]):
+            if prev is not None:
+                keep = sims[i].gather(-1, prev[..., None])[..., 0] >= best[i] - sticky
+                prev = torch.where(keep, prev, idx[i])
+            else:
+                prev = idx[i]
+            out.append(prev)
+        return torch.stack(out)
 
     def decode(self, idx):
         """int64 (B, h, w) -> (B, 3, H, W) in [-1, 1] space (unclamped)."""

@@ -63,10 +63,17 @@ class Tokenizer:
         return x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
 
     @torch.no_grad()
-    def encode(self, frames, batch_size=256) -> torch.Tensor:
-        """uint8 (B, H, W, 3) numpy or torch -> int64 (B, h, w) on the tokenizer's device. Deterministic."""
+    def encode(self, frames, batch_size=256, sticky=0.0, prev=None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) numpy or torch -> int64 (B, h, w) on the tokenizer's device. Deterministic.
+
+        sticky > 0: the frames are consecutive frames of one video, and a cell keeps its previous
+        code while that code is within `sticky` cosine similarity of the best one (prev (h, w): the
+        codes of the frame before the first, or None)."""
         x = self._frames_to_input(frames)
-        out = [self.model.encode(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        out = []
+        for i in range(0, x.shape[0], batch_size):
+            out.append(self.model.encode(x[i:i + batch_size], sticky, prev))
+            prev = out[-1][-1]
         return torch.cat(out) if out else torch.zeros(0, *self.grid, dtype=torch.int64, device=self.device)
 
     @torch.no_grad()
