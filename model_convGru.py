@@ -63,7 +63,8 @@ class WorldModelConfig:
     copy_motion: str = "learned"  # "learned": the copy term also trains the camera motion; "shift": it
                                   # trains the shift but not the zoom; "detached": it only uses the
                                   # motion the state warp learns; "nearest": detached, and each cell
-                                  # copies the one source cell nearest to where the motion points
+                                  # copies the one source cell nearest to where the motion points;
+                                  # "anchored": detached, minus the no-action motion (idle = exact copy)
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
@@ -221,8 +222,9 @@ class WorldModel(nn.Module):
             self.to_logits = nn.Linear(C, K)
         else:
             raise ValueError(f"head must be 'linear' or 'codebook', got {cfg.head!r}")
-        if cfg.copy_motion not in ("learned", "shift", "detached", "nearest"):
-            raise ValueError(f"copy_motion must be 'learned', 'shift', 'detached' or 'nearest', got {cfg.copy_motion!r}")
+        if cfg.copy_motion not in ("learned", "shift", "detached", "nearest", "anchored"):
+            raise ValueError(f"copy_motion must be 'learned', 'shift', 'detached', 'nearest' or 'anchored', "
+                             f"got {cfg.copy_motion!r}")
         if cfg.copy_prior:
             # copy-or-generate: the head learns the change on top of "keep the moved code". Zero
             # initialised, so an untrained model predicts exactly the (moved) last frame
@@ -272,12 +274,12 @@ class WorldModel(nn.Module):
         """tokens [N, h, w] int64 -> [N, E, h, w]"""
         return self.embed(tokens).permute(0, 3, 1, 2)
 
-    def camera_motion(self, cond):
+    def camera_motion(self, cond, anchored=None):
         """cond [N, A+2] -> (offsets [N, 2] (dx, dy) in token cells within +-shift_radius, log scale
         [N] within +-zoom_range; either is zero when its limit is 0). The view takes its content from (x + dx, y + dy), so
         dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre)."""
         raw = self.shift(cond).float()
-        if self.cfg.anchored_motion:  # minus the motion of the same step with no action: idle = no motion
+        if self.cfg.anchored_motion if anchored is None else anchored:  # minus the same step's no-action motion
             A = self.cfg.action_dim
             raw = raw - self.shift(torch.cat([torch.zeros_like(cond[:, :A]), cond[:, A:]], 1)).float()
         R, Z = self.cfg.shift_radius, self.cfg.zoom_range
@@ -338,7 +340,9 @@ class WorldModel(nn.Module):
         if self.cfg.copy_prior:
             if not self.moves:
                 d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
-            if self.cfg.copy_motion in ("detached", "nearest"):
+            if self.cfg.copy_motion == "anchored" and not self.cfg.anchored_motion:
+                d, zoom = self.camera_motion(cond, anchored=True)  # the warp keeps the free motion
+            if self.cfg.copy_motion in ("detached", "nearest", "anchored"):
                 d, zoom = d.detach(), zoom.detach()
             elif self.cfg.copy_motion == "shift":
                 zoom = zoom.detach()

@@ -59,7 +59,7 @@ class TrainConfig:
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
-    copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell")
+    copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell, 'anchored' reads it minus the no-action motion (idle steps copy exactly; the warp is unchanged)")
     anchored_motion: bool = opt(False, "the learned camera motion is taken relative to the no-action motion, so idle steps move nothing")
     head: str = opt("linear", "linear | codebook: logits from the similarity to the tokenizer's frozen code vectors")
     action_hidden: int = opt(128, "action/conditioning MLP width")

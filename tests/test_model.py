@@ -265,7 +265,18 @@ def test_nearest_copy_keeps_the_cell_under_a_sub_cell_motion():
     assert (top < split.copy_gain - 1).any()
 
 
-@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached", "nearest"])
+def test_anchored_copy_keeps_idle_cells_but_the_warp_keeps_its_motion():
+    m = moving(copy_prior=True, zoom_range=0.2, copy_motion="anchored").eval()
+    with torch.no_grad():
+        m.shift[-1].bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
+        d, _ = m.camera_motion(m.cond_vector(torch.zeros(2, A), torch.ones(2), torch.zeros(2)))
+        assert d.abs().sum() > 0  # the state warp still drifts as learned
+        tokens, _ = batch(T=2)
+        pred = m(tokens, torch.zeros(2, 1, A)).argmax(2)[:, 0]
+    assert torch.equal(pred, tokens[:, 0])  # the copy does not
+
+
+@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached", "nearest", "anchored"])
 def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion):
     # untrained, the head and the gate are zero, so the logits depend on the motion only through the copy term
     m = tiny(copy_prior=True, shift_radius=3, zoom_range=0.1, copy_motion=copy_motion)
