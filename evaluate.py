@@ -478,7 +478,8 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
         return fn(a.reshape(-1, *a.shape[2:]), b.reshape(-1, *b.shape[2:])).reshape(a.shape[:2])
 
     psnr_tok = per_step(M.psnr, pred_img, gt_img)
-    psnr_copy = per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), gt_img)
+    copy_img = np.repeat(ref_img[:, None], H, 1)                                   # (B, H, H_img, W_img, 3)
+    psnr_copy = per_step(M.psnr, copy_img, gt_img)
     r = {"episodes": [{"file": e["file"], "start": e["t0"]} for e in eps], "horizon": H, "context": C,
          "sampler": sampler.describe(),
          "psnr_vs_tokens": np.minimum(psnr_tok, M.PSNR_CAP_DB).mean(0).tolist(),
@@ -507,12 +508,13 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
         got = [true_video_frames(manifest, cfg.data, e, C, H, size) for e in eps]
         if all(g is not None for g in got):
             true_img = np.stack(got)
-            r["psnr_vs_video"] = np.minimum(per_step(M.psnr, pred_img, true_img), M.PSNR_CAP_DB).mean(0).tolist()
+            psnr_video = per_step(M.psnr, pred_img, true_img)
+            r["psnr_vs_video"] = np.minimum(psnr_video, M.PSNR_CAP_DB).mean(0).tolist()
             r["ssim_vs_video"] = per_step(M.ssim, pred_img, true_img).mean(0).tolist()
             # pooled, for the model and for copying the decoded last frame: the one rollout score that
             # compares models trained on different tokens of the same video (each is judged on the video)
-            r["psnr_pooled_vs_video"] = M.pooled_psnr(per_step(M.psnr, pred_img, true_img)).tolist()
-            r["psnr_pooled_copy_vs_video"] = M.pooled_psnr(per_step(M.psnr, np.repeat(ref_img[:, None], H, 1), true_img)).tolist()
+            r["psnr_pooled_vs_video"] = M.pooled_psnr(psnr_video).tolist()
+            r["psnr_pooled_copy_vs_video"] = M.pooled_psnr(per_step(M.psnr, copy_img, true_img)).tolist()
             r["tokenizer_psnr"] = M.mean_psnr(M.psnr(gt_img, true_img))
     if lpips_fn is not None:
         r["lpips_vs_tokens"] = per_step(lpips_fn, pred_img, gt_img).mean(0).tolist()

@@ -277,11 +277,20 @@ class WorldModel(nn.Module):
     def camera_motion(self, cond, anchored=None):
         """cond [N, A+2] -> (offsets [N, 2] (dx, dy) in token cells within +-shift_radius, log scale
         [N] within +-zoom_range; either is zero when its limit is 0). The view takes its content from (x + dx, y + dy), so
-        dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre)."""
-        raw = self.shift(cond).float()
-        if self.cfg.anchored_motion if anchored is None else anchored:  # minus the same step's no-action motion
-            A = self.cfg.action_dim
-            raw = raw - self.shift(torch.cat([torch.zeros_like(cond[:, :A]), cond[:, A:]], 1)).float()
+        dx > 0 moves the picture left; a log scale > 0 magnifies (walking towards the centre).
+        anchored (default cfg.anchored_motion): minus the same step's no-action motion."""
+        free, idle = self._raw_motion(cond, self.cfg.anchored_motion if anchored is None else anchored)
+        return self._bound_motion(free if idle is None else free - idle)
+
+    def _raw_motion(self, cond, need_idle):
+        """The motion head on cond, and (if need_idle) on cond with the action zeroed: (raw, raw or None)."""
+        free = self.shift(cond).float()
+        if not need_idle:
+            return free, None
+        A = self.cfg.action_dim
+        return free, self.shift(torch.cat([torch.zeros_like(cond[:, :A]), cond[:, A:]], 1)).float()
+
+    def _bound_motion(self, raw):
         R, Z = self.cfg.shift_radius, self.cfg.zoom_range
         d = R * torch.tanh(raw[:, :2] / R) if R > 0 else torch.zeros_like(raw[:, :2])
         return d, (Z * torch.tanh(raw[:, 2] / Z) if Z > 0 else torch.zeros_like(raw[:, 0]))
@@ -310,7 +319,9 @@ class WorldModel(nn.Module):
         planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
         inputs = [e, planes.to(e.dtype)]
         if self.moves:
-            d, zoom = self.camera_motion(cond)                                              # (N, 2) cells, (N,)
+            anchor_copy = self.cfg.copy_prior and self.cfg.copy_motion == "anchored"
+            free, idle = self._raw_motion(cond, self.cfg.anchored_motion or anchor_copy)    # head run once
+            d, zoom = self._bound_motion(free if not self.cfg.anchored_motion else free - idle)  # (N, 2) cells, (N,)
             inputs.insert(1, warp(e, d, zoom))                                              # frame t, moved
             d_state = (d * (0.5 if self.cfg.downsample else 1.0)).view(B, T, 2)             # in state cells
             zoom_state = zoom.view(B, T)
@@ -340,8 +351,8 @@ class WorldModel(nn.Module):
         if self.cfg.copy_prior:
             if not self.moves:
                 d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
-            if self.cfg.copy_motion == "anchored" and not self.cfg.anchored_motion:
-                d, zoom = self.camera_motion(cond, anchored=True)  # the warp keeps the free motion
+            if self.moves and self.cfg.copy_motion == "anchored" and not self.cfg.anchored_motion:
+                d, zoom = self._bound_motion(free - idle)  # the copy is anchored, the warp kept the free motion
             if self.cfg.copy_motion in ("detached", "nearest", "anchored"):
                 d, zoom = d.detach(), zoom.detach()
             elif self.cfg.copy_motion == "shift":
