@@ -32,7 +32,7 @@ STAGES = [
      [PY, "-m", "vq_vae.train", "--config", "configs/tokenizer_quickstart.yaml", "--data", DATA, "--out", TOKENIZER]),
     ("preprocess", os.path.join(TOKENS, ".done"),
      [PY, "preprocess.py", "--input", DATA, "--format", "gamefactory",
-      "--tokenizer", os.path.join(TOKENIZER, "tokenizer.pt"), "--out", TOKENS, "--workers", "0", "--sticky", "0.04"]),
+      "--tokenizer", os.path.join(TOKENIZER, "tokenizer.pt"), "--out", TOKENS, "--workers", "0", "--sticky", "0.04", "--sticky_track", "2"]),
     ("world model", os.path.join(WORLD, ".done"),
      [PY, "train.py", "--config", "configs/quickstart.yaml", "--data", TOKENS, "--out", WORLD]),
     ("evaluate trained", os.path.join(REPORTS, "trained", "report.json"),

@@ -259,14 +259,14 @@ def _resize(frame: np.ndarray, frame_size) -> np.ndarray:
     return np.ascontiguousarray(frame[..., :3])
 
 
-def _encode(tokenizer, frames: np.ndarray, sticky: float = 0.0) -> torch.Tensor:
+def _encode(tokenizer, frames: np.ndarray, sticky: float = 0.0, track: int = 0) -> torch.Tensor:
     with torch.inference_mode():
-        return tokenizer.encode(np.ascontiguousarray(frames), sticky=sticky).cpu()
+        return tokenizer.encode(np.ascontiguousarray(frames), sticky=sticky, track=track).cpu()
 
 
-def load_start(cfg: Config, tokenizer, fps: float, stride: int, sticky: float = 0.0) -> Start:
+def load_start(cfg: Config, tokenizer, fps: float, stride: int, sticky: float = 0.0, track: int = 0) -> Start:
     """--start sandbox | token file/folder | image | video -> Start (context of <= cfg.context frames).
-    Frames are encoded as the training tokens were (sticky: preprocess.py --sticky)."""
+    Frames are encoded as the training tokens were (preprocess.py --sticky and --sticky_track)."""
     n = max(cfg.context, 1)
     src = cfg.start
     zero = lambda k: np.zeros((k, actions.ACTION_DIM), dtype=np.float32)  # noqa: E731
@@ -281,7 +281,7 @@ def load_start(cfg: Config, tokenizer, fps: float, stride: int, sticky: float = 
             idle = np.zeros(((n - 1) * stride, actions.RAW_DIM), np.float32)
             frames, states = rollout(world, state, idle, 1.0 / (fps * stride), width=W, height=H)
             frames = frames[::stride]
-        return Start(_encode(tokenizer, frames, sticky), zero(n - 1), f"sandbox seed {cfg.seed}",
+        return Start(_encode(tokenizer, frames, sticky, track), zero(n - 1), f"sandbox seed {cfg.seed}",
                      sandbox=(world, states[-1]))
     what = "--start"
     if os.path.isdir(src):
@@ -323,7 +323,7 @@ def load_start(cfg: Config, tokenizer, fps: float, stride: int, sticky: float = 
         lo = max(0, i - n + 1)
         ctx = np.stack([_resize(f, tokenizer.frame_size) for f in frames[lo:i + 1]])
         # a plain video has no recorded actions: the context is fed with idle ones
-        return Start(_encode(tokenizer, ctx, sticky), zero(len(ctx) - 1), f"{os.path.basename(src)} frame {i}")
+        return Start(_encode(tokenizer, ctx, sticky, track), zero(len(ctx) - 1), f"{os.path.basename(src)} frame {i}")
     raise SystemExit(f"--start {cfg.start!r}: expected 'sandbox', a .npz token file or folder, an image "
                      f"({', '.join(IMAGE_EXTS)}) or a video ({', '.join(VIDEO_EXTS)})")
 
@@ -423,7 +423,8 @@ class Session:
         self.fps, self.stride = model_timing(ckpt)
         self.loop_fps = cfg.fps or self.fps
         tok = self.env.tokenizer
-        self.start = load_start(cfg, tok, self.fps, self.stride, (ckpt.get("tokenizer") or {}).get("sticky", 0.0))
+        encoding = ckpt.get("tokenizer") or {}
+        self.start = load_start(cfg, tok, self.fps, self.stride, encoding.get("sticky", 0.0), encoding.get("sticky_track", 0))
         self.twin = None
         if cfg.side_by_side:
             if self.start.sandbox is None:

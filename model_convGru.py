@@ -64,7 +64,12 @@ class WorldModelConfig:
                                   # trains the shift but not the zoom; "detached": it only uses the
                                   # motion the state warp learns; "nearest": detached, and each cell
                                   # copies the one source cell nearest to where the motion points;
-                                  # "anchored": detached, minus the no-action motion (idle = exact copy)
+                                  # "anchored": detached, minus the no-action motion (idle = exact copy);
+                                  # "anchored_shift": anchored, and the copy term trains the shift (not
+                                  # the zoom): for tokens that move with the picture (sticky_track)
+    copy_mixture: bool = False  # copy prior as a per-cell mixture of three: the cell's own code (static), the code
+                                # moved by the camera motion, and the head's softmax; False adds the moved copy's
+                                # gain to the head's logits instead
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
@@ -107,6 +112,24 @@ def copy_sources(d, log_scale, H, W):
     idx = torch.stack([y0 * W + x0, y0 * W + x1, y1 * W + x0, y1 * W + x1], -1)      # (N, H, W, 4)
     w = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], -1)
     return idx.expand(N, H, W, 4), w.expand(N, H, W, 4)
+
+
+def mixture_log_probs(logits, log_pi, cand, w):
+    """log(pi_static * [c = static] + pi_moved * sum_k w_k [c = source_k] + pi_gen * softmax(logits)_c):
+    logits [..., K], log_pi [..., 3] (static, moved, generated), cand [..., 1 + S] the static code and
+    the S moved sources, w [..., S] their weights -> [..., K] log-probabilities, in fp32.
+    Only the candidate codes of a cell differ from the generated part, so the full-width work
+    is one log-softmax; a code that appears among the candidates more than once gets its summed
+    mass once (its later copies are written with the same value and pass no gradient)."""
+    logp = torch.log_softmax(logits.float(), -1) + log_pi[..., 2:]
+    mass = torch.cat([log_pi[..., :1].exp(), log_pi[..., 1:2].exp() * w.float()], -1)      # (..., 1 + S)
+    same = cand[..., :, None] == cand[..., None, :]                                        # (..., 1 + S, 1 + S)
+    mass = (same * mass[..., None, :]).sum(-1)          # each candidate's code: its total copy mass
+    new = torch.logaddexp(logp.gather(-1, cand), mass.clamp_min(1e-30).log())
+    n = cand.shape[-1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=cand.device).tril(-1)
+    first = ~(same & earlier).any(-1)
+    return logp.scatter(-1, cand, torch.where(first, new, new.detach()))
 
 
 def _gn(channels, groups):
@@ -222,14 +245,17 @@ class WorldModel(nn.Module):
             self.to_logits = nn.Linear(C, K)
         else:
             raise ValueError(f"head must be 'linear' or 'codebook', got {cfg.head!r}")
-        if cfg.copy_motion not in ("learned", "shift", "detached", "nearest", "anchored"):
-            raise ValueError(f"copy_motion must be 'learned', 'shift', 'detached', 'nearest' or 'anchored', "
-                             f"got {cfg.copy_motion!r}")
+        if cfg.copy_motion not in ("learned", "shift", "detached", "nearest", "anchored", "anchored_shift"):
+            raise ValueError(f"copy_motion must be 'learned', 'shift', 'detached', 'nearest', 'anchored' or "
+                             f"'anchored_shift', got {cfg.copy_motion!r}")
         if cfg.copy_prior:
             # copy-or-generate: the head learns the change on top of "keep the moved code". Zero
             # initialised, so an untrained model predicts exactly the (moved) last frame
-            self.copy_gain = nn.Parameter(torch.tensor(math.log(K)))  # ~even odds for the copied code
-            self.copy_gate = nn.Linear(C, 1)                           # per-cell trust in the copy
+            if cfg.copy_mixture:  # mixture weights of (static, moved, generated); static starts at 1/2
+                self.copy_gain = nn.Parameter(torch.tensor([0.5, 0.2, 0.3]).log())
+            else:  # a logit gain over K zero logits: ~even odds for the copied code
+                self.copy_gain = nn.Parameter(torch.tensor(math.log(K)))
+            self.copy_gate = nn.Linear(C, 3 if cfg.copy_mixture else 1)  # per-cell trust in the copy
             head_out = self.to_code if cfg.head == "codebook" else self.to_logits
             for lin in (head_out, self.copy_gate):
                 nn.init.zeros_(lin.weight)
@@ -319,7 +345,7 @@ class WorldModel(nn.Module):
         planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
         inputs = [e, planes.to(e.dtype)]
         if self.moves:
-            anchor_copy = self.cfg.copy_prior and self.cfg.copy_motion == "anchored"
+            anchor_copy = self.cfg.copy_prior and self.cfg.copy_motion.startswith("anchored")
             free, idle = self._raw_motion(cond, self.cfg.anchored_motion or anchor_copy)    # head run once
             d, zoom = self._bound_motion(free if not self.cfg.anchored_motion else free - idle)  # (N, 2) cells, (N,)
             inputs.insert(1, warp(e, d, zoom))                                              # frame t, moved
@@ -351,18 +377,27 @@ class WorldModel(nn.Module):
         if self.cfg.copy_prior:
             if not self.moves:
                 d, zoom = cond.new_zeros(N, 2), cond.new_zeros(N)
-            if self.moves and self.cfg.copy_motion == "anchored" and not self.cfg.anchored_motion:
+            if self.moves and self.cfg.copy_motion.startswith("anchored") and not self.cfg.anchored_motion:
                 d, zoom = self._bound_motion(free - idle)  # the copy is anchored, the warp kept the free motion
             if self.cfg.copy_motion in ("detached", "nearest", "anchored"):
                 d, zoom = d.detach(), zoom.detach()
-            elif self.cfg.copy_motion == "shift":
+            elif self.cfg.copy_motion in ("shift", "anchored_shift"):
                 zoom = zoom.detach()
             src, w = copy_sources(d, zoom, H, W)                                            # (N, h, w, 4) x2
             if self.cfg.copy_motion == "nearest":  # the whole gain on one code: a sub-cell motion keeps the cell
                 src, w = src.gather(-1, w.argmax(-1, keepdim=True)), torch.ones_like(w[..., :1])
             codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, -1)
             gain = self.copy_gain + self.copy_gate(y)                                       # (N, h, w, 1)
-            logits = logits.scatter_add(-1, codes, (gain * w).to(logits.dtype))
+            if self.cfg.copy_mixture:
+                # log of the mixture, in fp32. On tokens that hold a cell's code until the view has
+                # moved far enough (sticky encoding), most cells keep their place even while the camera
+                # turns, so "static" and "moved" are separate choices. The head is never pushed away
+                # from the copied code on the cells that change (as a logit sum is), and under argmax a
+                # cell keeps its code while the static weight is above 1/2
+                logits = mixture_log_probs(logits, torch.log_softmax(gain.float(), -1),
+                                           torch.cat([tokens.reshape(N, H, W, 1), codes], -1), w)
+            else:
+                logits = logits.scatter_add(-1, codes, (gain * w).to(logits.dtype))
         # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)
         return logits.reshape(B, T, H, W, -1).permute(0, 1, 4, 2, 3), tuple(new_state)
 

@@ -50,6 +50,8 @@ class Config:
     batch_size: int = opt(64, "frames per encoder batch")
     sticky: float = opt(0.0, "a cell keeps the previous frame's code while its cosine similarity is within this of the "
                              "best code's (0 = plain nearest code; EMA tokenizers only): fewer near-duplicate flips")
+    sticky_track: int = opt(0, "with --sticky: the kept codes follow the picture by whole cells, the offset (up to this "
+                               "many cells per frame) that keeps the most of them, so camera turns move codes (0 = off)")
     threads: int = opt(0, "torch CPU threads for the encoder (0 = auto: CPU cores minus decoder workers, at least 1)")
     min_frames: int = opt(2, "skip trajectories with fewer kept frames than this")
     limit: int = opt(0, "process at most this many trajectories of this shard (0 = all), for quick tries")
@@ -190,13 +192,13 @@ def batches(frames, batch_size):
 
 
 @torch.inference_mode()
-def encode_all(tokenizer, frames, batch_size, device, pbar, sticky=0.0):
+def encode_all(tokenizer, frames, batch_size, device, pbar, sticky=0.0, track=0):
     """frames: iterable of uint8 (H, W, 3) -> tokens [K, h, w] uint16. Batches never span trajectories,
     so a trajectory's tokens do not depend on what else is processed (resume gives identical files).
-    sticky > 0 carries each cell's code from frame to frame (Tokenizer.encode)."""
+    sticky > 0 carries each cell's code from frame to frame, moved by up to `track` cells (Tokenizer.encode)."""
     out, prev = [], None
     for batch in batches(frames, batch_size):  # (B, H, W, 3)
-        codes = tokenizer.encode(torch.from_numpy(batch).to(device), sticky=sticky, prev=prev)  # (B, h, w) int64
+        codes = tokenizer.encode(torch.from_numpy(batch).to(device), sticky=sticky, prev=prev, track=track)  # (B, h, w)
         prev = codes[-1]
         out.append(codes.cpu().numpy().astype(np.uint16))
         pbar.update(len(batch))
@@ -272,8 +274,12 @@ def main(cfg: Config) -> dict:
         if cfg.sticky < 0 or (cfg.sticky > 0 and tokenizer.config.get("quantizer") != "ema"):
             raise SystemExit(f"--sticky {cfg.sticky}: needs a value >= 0, and > 0 needs an EMA (codebook) tokenizer; "
                              f"{cfg.tokenizer} uses {tokenizer.config.get('quantizer')}")
+        if cfg.sticky_track < 0 or (cfg.sticky_track > 0 and cfg.sticky <= 0):
+            raise SystemExit(f"--sticky_track {cfg.sticky_track}: needs a value >= 0, and > 0 needs --sticky > 0")
         if cfg.sticky > 0:
             tok_info["sticky"] = cfg.sticky
+        if cfg.sticky_track > 0:
+            tok_info["sticky_track"] = cfg.sticky_track
         os.makedirs(cfg.out, exist_ok=True)  # only once every input has been checked
         fh, fw = tok_info["frame_size"]
         print(f"tokenizer {cfg.tokenizer}: hash {tok_info['hash']}, {tok_info['codebook_size']} codes, "
@@ -301,7 +307,7 @@ def main(cfg: Config) -> dict:
         for job, frames, err in decoded(todo, pool, cfg.workers):
             if err is None:
                 try:
-                    tokens = encode_all(tokenizer, frames, cfg.batch_size, device, pbar, cfg.sticky)
+                    tokens = encode_all(tokenizer, frames, cfg.batch_size, device, pbar, cfg.sticky, cfg.sticky_track)
                     write_token_file(job, tokens, tok_info, cfg.out)
                     processed.append(job.traj.name)
                     n_frames += job.length
@@ -362,9 +368,10 @@ def check_existing(jobs, tok_info, out_dir):
         if meta["tokenizer"]["hash"] != tok_info["hash"]:
             raise SystemExit(f"{path} was made by tokenizer {meta['tokenizer']['hash']}, this run uses "
                              f"{tok_info['hash']}; write to a new --out folder")
-        if meta["tokenizer"].get("sticky", 0) != tok_info.get("sticky", 0):
-            raise SystemExit(f"{path} was made with --sticky {meta['tokenizer'].get('sticky', 0)}, this run uses "
-                             f"{tok_info.get('sticky', 0)}; write to a new --out folder")
+        for key in ("sticky", "sticky_track"):
+            if meta["tokenizer"].get(key, 0) != tok_info.get(key, 0):
+                raise SystemExit(f"{path} was made with --{key} {meta['tokenizer'].get(key, 0)}, this run uses "
+                                 f"{tok_info.get(key, 0)}; write to a new --out folder")
         if (meta["stride"], meta["skip_frames"], meta["length"]) != (job.stride, job.skip, job.length):
             raise SystemExit(f"{path} was made with stride {meta['stride']} / skip {meta['skip_frames']} / "
                              f"{meta['length']} frames, this run gives stride {job.stride} / skip {job.skip} / "

@@ -58,6 +58,7 @@ class TrainConfig:
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
+    copy_mixture: bool = opt(False, "copy prior as a mixture of the copied code and the head's softmax, weighted by a per-cell keep gate (False: the copy's gain is added to the head's logits)")
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
     copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell, 'anchored' reads it minus the no-action motion (idle steps copy exactly; the warp is unchanged)")
     anchored_motion: bool = opt(False, "the learned camera motion is taken relative to the no-action motion, so idle steps move nothing")
@@ -113,7 +114,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "sampled_level", "anchored_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "sampled_level", "anchored_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}
@@ -451,6 +452,10 @@ def main(argv=None):
     if ckpt is not None and ckpt["tokenizer"]["hash"] != tok_info["hash"]:
         raise SystemExit(f"train.py: the checkpoint was trained on tokenizer {ckpt['tokenizer']['hash']}, "
                          f"--data {cfg.data} is tokenized by {tok_info['hash']}")
+    if master and cfg.copy_prior and cfg.copy_motion == "anchored_shift" and not tok_info.get("sticky_track"):
+        print(f"warning: copy_motion 'anchored_shift' learns the camera shift from codes that move with the picture, "
+              f"but {cfg.data} was made without preprocess.py --sticky_track; on codes that stay in place it "
+              f"pulls the shift to zero (README, 'How good the world model is')")
     action_names = list(manifest["action_names"])
     yaw_index = action_names.index("yaw") if "yaw" in action_names else None
     move_index = action_names.index("move_z") if "move_z" in action_names else None
@@ -505,7 +510,8 @@ def main(argv=None):
         if not master:
             return None
         obj = {"model_args": dataclasses.asdict(mcfg), "model": model.state_dict(), "config": utils.plain(dataclasses.asdict(cfg)),
-               "tokenizer": {k: tok_info[k] for k in ("path", "hash", "codebook_size", "grid", "frame_size")},
+               "tokenizer": {k: tok_info[k] for k in ("path", "hash", "codebook_size", "grid", "frame_size", "sticky", "sticky_track")
+                             if k in tok_info},
                "action_names": action_names, "fps": fps, "step": step,
                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                "curriculum": {"schedule": schedule, "rollout": rollout_length(schedule, step)},

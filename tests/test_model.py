@@ -182,11 +182,13 @@ def test_camera_zoom_is_learned_from_data():
 
 
 @pytest.mark.parametrize("head", ["linear", "codebook"])
-@pytest.mark.parametrize("motion", [dict(), dict(zoom_range=0.2), dict(shift_radius=0)])
-def test_untrained_copy_prior_predicts_exactly_the_last_frame(head, motion):
+@pytest.mark.parametrize("motion", [dict(), dict(zoom_range=0.2), dict(shift_radius=0),
+                                    dict(zoom_range=0.2, copy_motion="anchored")])
+@pytest.mark.parametrize("mixture", [False, True])
+def test_untrained_copy_prior_predicts_exactly_the_last_frame(head, motion, mixture):
     """Zero-initialised: the argmax of an untrained copy-prior model is its input frame, so its
     teacher-forced accuracy is exactly the copy-last-frame baseline's."""
-    m = tiny(copy_prior=True, head=head, code_dim=4 if head == "codebook" else 0, **motion).eval()
+    m = tiny(copy_prior=True, copy_mixture=mixture, head=head, code_dim=4 if head == "codebook" else 0, **motion).eval()
     if head == "codebook":
         m.set_codebook(F.normalize(torch.randn(K, 4, generator=torch.Generator().manual_seed(3)), dim=-1))
     tokens, actions = batch(T=6)
@@ -265,8 +267,10 @@ def test_nearest_copy_keeps_the_cell_under_a_sub_cell_motion():
     assert (top < split.copy_gain - 1).any()
 
 
-def test_anchored_copy_keeps_idle_cells_but_the_warp_keeps_its_motion():
-    m = moving(copy_prior=True, zoom_range=0.2, copy_motion="anchored").eval()
+@pytest.mark.parametrize("copy_motion", ["anchored", "anchored_shift"])
+@pytest.mark.parametrize("mixture", [False, True])
+def test_anchored_copy_keeps_idle_cells_but_the_warp_keeps_its_motion(copy_motion, mixture):
+    m = moving(copy_prior=True, zoom_range=0.2, copy_motion=copy_motion, copy_mixture=mixture).eval()
     with torch.no_grad():
         m.shift[-1].bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
         d, _ = m.camera_motion(m.cond_vector(torch.zeros(2, A), torch.ones(2), torch.zeros(2)))
@@ -276,19 +280,71 @@ def test_anchored_copy_keeps_idle_cells_but_the_warp_keeps_its_motion():
     assert torch.equal(pred, tokens[:, 0])  # the copy does not
 
 
-@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached", "nearest", "anchored"])
-def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion):
+@pytest.mark.parametrize("mixture", [False, True])
+@pytest.mark.parametrize("copy_motion", ["learned", "shift", "detached", "nearest", "anchored", "anchored_shift"])
+def test_copy_prior_gradient_reaches_the_camera_motion_unless_detached(copy_motion, mixture):
     # untrained, the head and the gate are zero, so the logits depend on the motion only through the copy term
-    m = tiny(copy_prior=True, shift_radius=3, zoom_range=0.1, copy_motion=copy_motion)
+    m = tiny(copy_prior=True, copy_mixture=mixture, shift_radius=3, zoom_range=0.1, copy_motion=copy_motion)
     tokens, actions = batch(T=4)
     loss = F.cross_entropy(m(tokens, actions).permute(0, 1, 3, 4, 2).reshape(-1, K), tokens[:, 1:].reshape(-1))
     loss.backward()
     grad = m.shift[-1].weight.grad  # rows: dx, dy, log zoom
     grad = torch.zeros_like(m.shift[-1].weight) if grad is None else grad
-    assert bool(grad[:2].abs().sum() > 0) == (copy_motion in ("learned", "shift"))
+    assert bool(grad[:2].abs().sum() > 0) == (copy_motion in ("learned", "shift", "anchored_shift"))
     assert bool(grad[2].abs().sum() > 0) == (copy_motion == "learned")
     with pytest.raises(ValueError, match="copy_motion"):
         tiny(copy_prior=True, copy_motion="frozen")
+
+
+def test_mixture_log_probs_match_the_mixture_written_out():
+    """The five-candidate shortcut equals log(sum of the three parts) built over all K codes, in value
+    and gradient, also when candidates repeat a code (common: neighbouring cells share codes)."""
+    from model_convGru import mixture_log_probs
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, K, generator=g).requires_grad_()
+    gate = torch.randn(3, 4, 3, generator=g).requires_grad_()
+    w = torch.softmax(torch.randn(3, 4, 4, generator=g), -1).requires_grad_()
+    cand = torch.randint(0, 4, (3, 4, 5), generator=g)  # few codes: many repeats
+    pi = torch.softmax(gate, -1)
+    p = torch.softmax(logits, -1) * pi[..., 2:]
+    p = p.scatter_add(-1, cand[..., 1:], pi[..., 1:2] * w).scatter_add(-1, cand[..., :1], pi[..., :1])
+    fast = mixture_log_probs(logits, torch.log_softmax(gate, -1), cand, w)
+    assert torch.allclose(fast, p.log(), atol=1e-5)
+    probe = torch.randn(3, 4, K, generator=g)
+    for a, b in zip(torch.autograd.grad((fast * probe).sum(), (logits, gate, w)),
+                    torch.autograd.grad((p.log() * probe).sum(), (logits, gate, w))):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_copy_mixture_is_a_distribution_whose_gate_decides_what_is_kept():
+    """copy_mixture: the outputs are log-probabilities (each cell's sum to 1). A cell keeps its code
+    under argmax while the static weight is above 1/2, however confident the head is about another
+    code and wherever the motion points; with all weight on the moved copy it follows the motion;
+    with all weight on the head, the head's choice wins where it is confident."""
+    m = moving(copy_prior=True, copy_mixture=True).eval()
+    tokens, actions = batch(T=3)
+    with torch.no_grad():
+        m.to_logits.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(2))  # a confident head
+        m.to_logits.bias.normal_(0, 3.0, generator=torch.Generator().manual_seed(3))
+        logp = m(tokens, actions)
+        assert torch.allclose(torch.logsumexp(logp, 2), torch.zeros(1), atol=1e-5)
+        m.copy_gain.copy_(torch.tensor([0.1, -20.0, 0.0]))  # static weight just above 1/2
+        assert torch.equal(m(tokens, actions).argmax(2), tokens[:, :-1])
+        m.shift[-1].weight.zero_()
+        m.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(1 / 3), 0.0]))  # dx = +1 cell: content from the right
+        m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))  # all on the moved copy
+        moved = m(tokens, actions).argmax(2)
+        assert torch.equal(moved[..., :-1], tokens[:, :-1, :, 1:])
+        m.copy_gain.copy_(torch.tensor([-20.0, -20.0, 0.0]))  # all on the head
+        pred = m(tokens, actions).argmax(2)
+    free = tiny().eval()
+    free.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith(("copy_", "shift"))}, strict=False)
+    free.shift.load_state_dict(m.shift.state_dict())
+    with torch.no_grad():
+        head = free(tokens, actions)
+    confident = torch.softmax(head, 2).amax(2) > 0.1
+    assert confident.float().mean() > 0.2
+    assert torch.equal(pred[confident], head.argmax(2)[confident])
 
 
 def test_codebook_head_ties_logits_to_code_similarity():

@@ -365,6 +365,15 @@ def test_sticky_tokens_match_the_tokenizer_and_are_recorded(tmp_path, gf_root, t
         preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(out), sticky=0.0))
     with pytest.raises(SystemExit, match="sticky"):
         preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(tmp_path / "neg"), sticky=-1.0))
+    # following the picture is recorded too, and is one tracked pass over the clip
+    with pytest.raises(SystemExit, match="sticky_track"):
+        preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(out), sticky=0.05, sticky_track=2))
+    with pytest.raises(SystemExit, match="needs --sticky"):
+        preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(tmp_path / "track0"), sticky_track=2))
+    tracked = tmp_path / "tracked"
+    preprocess.main(cfg(input=gf_root, tokenizer=tok_path, out=str(tracked), sticky=0.05, sticky_track=2, batch_size=7))
+    assert datasets.read_manifest(str(tracked))["tokenizer"]["sticky_track"] == 2
+    np.testing.assert_array_equal(tok.encode(frames, sticky=0.05, track=2).numpy(), load(tracked / (t.name + ".npz"))["tokens"])
 
 
 def test_nothing_processed_exits_nonzero(tmp_path, tok_path, capsys):

@@ -276,6 +276,28 @@ def test_validation_metrics_and_strip(data, tmp_path):
     assert np.array_equal(img[:h], np.concatenate(list(PaintDecoder().decode(truth).numpy()), axis=1))
 
 
+def test_checkpoint_records_the_token_encoding_and_anchored_shift_warns_without_tracking(tmp_path, capsys):
+    """Live play encodes its start frames as the training tokens were, so the checkpoint carries the
+    manifest's sticky margin and tracking; the copy that learns the shift says so on untracked codes."""
+    tracked = make_token_data(tmp_path / "tracked")
+    with open(os.path.join(tracked, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["tokenizer"].update(sticky=0.04, sticky_track=2)
+    with open(os.path.join(tracked, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    plain = make_token_data(tmp_path / "plain")
+    flags = [*TINY, "--max_steps", "1", "--rollout_schedule", "0:0", "--copy_prior", "true", "--copy_mixture", "true",
+             "--copy_motion", "anchored_shift"]
+    train.main(["--data", tracked, "--out", str(tmp_path / "a"), *flags])
+    assert "sticky_track" not in capsys.readouterr().out
+    _, ckpt = train.load_world_model(str(tmp_path / "a"), "cpu")
+    assert ckpt["tokenizer"]["sticky"] == 0.04 and ckpt["tokenizer"]["sticky_track"] == 2
+    train.main(["--data", plain, "--out", str(tmp_path / "b"), *flags])
+    assert "without preprocess.py --sticky_track" in capsys.readouterr().out
+    _, ckpt = train.load_world_model(str(tmp_path / "b"), "cpu")
+    assert "sticky" not in ckpt["tokenizer"] and "sticky_track" not in ckpt["tokenizer"]
+
+
 def test_fit_plan_shrinks_schedule_and_decay_in_proportion():
     schedule = [(0, 0), (150, 2), (300, 4)]
     assert train.fit_plan(460, schedule, 20, 1.0, 1000.0) == (460, schedule)  # all fit: unchanged

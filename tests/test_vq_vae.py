@@ -124,6 +124,30 @@ def test_sticky_encoding_keeps_near_codes_and_bounds_the_loss(exported):
     assert (tok.encode(frames, sticky=10.0, prev=plain[3]) == plain[3]).all()
 
 
+def test_tracked_sticky_codes_move_with_the_picture():
+    """sticky_track: a picture that slides one cell (4 px) left per frame keeps its codes, moved one
+    cell, wherever the margin allows; in place, the sticky codes stay where they were and go stale."""
+    from vq_vae.model import best_shifted_codes
+    model = tiny_model("ema", seed=1).eval()
+    rng = np.random.default_rng(2)
+    wide = rng.integers(0, 256, (H // 8, W // 8 + 4, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    frames = np.stack([wide[:, 4 * i:4 * i + W] for i in range(4)])                  # content from the right
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        plain = model.encode(x)
+        tracked = model.encode(x, sticky=0.05, track=2)
+        still = model.encode(x, sticky=0.05)
+        sims = model.quantizer.similarities(model.encoder(x))
+    moved = lambda c: (c[1:, 2:-2, 2:-3] == c[:-1, 2:-2, 3:-2]).float().mean()  # cell x now shows x + 1
+    assert moved(tracked) > 0.9 and moved(tracked) > moved(still) and moved(tracked) >= moved(plain)
+    chosen = sims.gather(-1, tracked[..., None])[..., 0]
+    assert (chosen >= sims.max(-1).values - 0.05 - 1e-6).all()  # every code within the margin
+    # the search itself: shifting by one cell is found, and cells moved in from outside are marked -1
+    best, _ = sims[1].max(-1)
+    ref = best_shifted_codes(plain[0], sims[1], best, 2, 0.05)
+    assert torch.equal(ref[:, :-1], plain[0][:, 1:]) and (ref[:, -1] == -1).all()
+
+
 @pytest.mark.parametrize("quantizer", ["fsq", "ema"])
 def test_gradient_reaches_encoder_through_quantizer(quantizer):
     model = tiny_model(quantizer).train()

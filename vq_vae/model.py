@@ -267,6 +267,26 @@ class EMAQuantizer(nn.Module):
         return self.embed
 
 
+def best_shifted_codes(prev, sims, best, track, sticky):
+    """prev (h, w) codes of the previous frame, sims (h, w, K) cosine similarities of the new frame's
+    cells to every code, best (h, w) their maximum -> prev moved by the whole-cell offset (dx, dy) in
+    +-track that keeps the most cells within `sticky` of their best code: cell (y, x) holds
+    prev[y + dy, x + dx], -1 where that is outside the grid. Ties go to the smaller offset."""
+    h, w = prev.shape
+    padded = prev.new_full((h + 2 * track, w + 2 * track), -1)
+    padded[track:track + h, track:track + w] = prev
+    chosen, score = prev, None
+    offsets = sorted(((dx, dy) for dx in range(-track, track + 1) for dy in range(-track, track + 1)),
+                     key=lambda o: abs(o[0]) + abs(o[1]))
+    for dx, dy in offsets:
+        ref = padded[track + dy:track + dy + h, track + dx:track + dx + w]
+        near = sims.gather(-1, ref.clamp(min=0)[..., None])[..., 0] >= best - sticky
+        kept = int((near & (ref >= 0)).sum())
+        if score is None or kept > score:
+            chosen, score = ref, kept
+    return chosen
+
+
 class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
@@ -288,12 +308,16 @@ class VQVAE(nn.Module):
         zq, idx, aux = self.quantizer(self.encoder(x))
         return self.decoder(zq), idx, aux
 
-    def encode(self, x, sticky=0.0, prev=None):
+    def encode(self, x, sticky=0.0, prev=None, track=0):
         """x (B, 3, H, W) in [-1, 1] -> int64 indices (B, h, w).
 
         sticky > 0 treats the batch as consecutive frames of one video: a cell keeps the previous
         frame's code while that code's cosine similarity is within `sticky` of the best code's, so
-        near-duplicate codes do not flip on noise (prev (h, w): the code before the first frame)."""
+        near-duplicate codes do not flip on noise (prev (h, w): the code before the first frame).
+        track > 0 lets the kept codes move with the picture: for each frame the previous codes are
+        first shifted by the whole-cell offset, within +-track cells, that keeps the most of them
+        (ties go to the smaller offset), so a turning camera moves the codes instead of holding them
+        in place; cells whose source is outside the grid take their best code."""
         if sticky <= 0:
             return self.quantizer(self.encoder(x))[1]
         if not hasattr(self.quantizer, "similarities"):
@@ -304,8 +328,9 @@ class VQVAE(nn.Module):
         out = []
         for i in range(sims.shape[0]):
             if prev is not None:
-                keep = sims[i].gather(-1, prev[..., None])[..., 0] >= best[i] - sticky
-                prev = torch.where(keep, prev, idx[i])
+                ref = best_shifted_codes(prev, sims[i], best[i], track, sticky) if track > 0 else prev
+                keep = (ref >= 0) & (sims[i].gather(-1, ref.clamp(min=0)[..., None])[..., 0] >= best[i] - sticky)
+                prev = torch.where(keep, ref, idx[i])
             else:
                 prev = idx[i]
             out.append(prev)

@@ -63,16 +63,17 @@ class Tokenizer:
         return x.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
 
     @torch.no_grad()
-    def encode(self, frames, batch_size=256, sticky=0.0, prev=None) -> torch.Tensor:
+    def encode(self, frames, batch_size=256, sticky=0.0, prev=None, track=0) -> torch.Tensor:
         """uint8 (B, H, W, 3) numpy or torch -> int64 (B, h, w) on the tokenizer's device. Deterministic.
 
         sticky > 0: the frames are consecutive frames of one video, and a cell keeps its previous
         code while that code is within `sticky` cosine similarity of the best one (prev (h, w): the
-        codes of the frame before the first, or None)."""
+        codes of the frame before the first, or None). track > 0: the kept codes move with the
+        picture by whole cells, up to `track` cells per frame (VQVAE.encode)."""
         x = self._frames_to_input(frames)
         out = []
         for i in range(0, x.shape[0], batch_size):
-            out.append(self.model.encode(x[i:i + batch_size], sticky, prev))
+            out.append(self.model.encode(x[i:i + batch_size], sticky, prev, track))
             prev = out[-1][-1]
         return torch.cat(out) if out else torch.zeros(0, *self.grid, dtype=torch.int64, device=self.device)
 
