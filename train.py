@@ -58,7 +58,7 @@ class TrainConfig:
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
-    copy_mixture: bool = opt(False, "copy prior as a mixture of the copied code and the head's softmax, weighted by a per-cell keep gate (False: the copy's gain is added to the head's logits)")
+    copy_mixture: bool = opt(False, "copy prior as a per-cell mixture of three: the cell's own code, the code moved by the camera motion, and the head's softmax (False: the moved copy's gain is added to the head's logits)")
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
     copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell, 'anchored' reads it minus the no-action motion (idle steps copy exactly; the warp is unchanged)")
     anchored_motion: bool = opt(False, "the learned camera motion is taken relative to the no-action motion, so idle steps move nothing")
