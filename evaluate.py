@@ -170,14 +170,16 @@ def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidan
     unguided; guidance applies to the predicted frames."""
     state = model.init_state(tokens.shape[0], tokens.device)
     for t in range(context):
-        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if t == context - 1 else 1.0)
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if t == context - 1 else 1.0,
+                                   one_shift=True)
     preds = []
     for h in range(steps):
         if on_step is not None:
             on_step(h, logits)
         preds.append(sample_chunks(chunks, logits, h))
         if h < steps - 1:
-            logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance, sampled=True)
+            logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance, sampled=True,
+                                       one_shift=True)
     return torch.stack(preds, 1)
 
 

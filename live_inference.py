@@ -164,7 +164,7 @@ class WorldModelEnv:
         with self.amp:
             self.level.fill_(self.model.cfg.sampled_level if self.sampled else 0.0)
             logits, self.state = self.step_fn(self.tokens, self.action, self.state, corruption=self.level,
-                                              guidance=self.guidance)  # [1, K, h, w]
+                                              guidance=self.guidance, one_shift=True)  # [1, K, h, w]
         self.sampled = True  # from now on the input is the model's own sample
         self._sync()
         t1, c1 = time.perf_counter(), time.thread_time()

@@ -70,6 +70,11 @@ class WorldModelConfig:
     copy_mixture: bool = False  # copy prior as a per-cell mixture of three: the cell's own code (static), the code
                                 # moved by the camera motion, and the head's softmax; False adds the moved copy's
                                 # gain to the head's logits instead
+    copy_shifts: int = 0      # copy_mixture's moved code as a mixture over whole-cell shifts up to this far along an
+                              # axis (|dx| + |dy| <= 2 off the axes), one distribution per frame (prior: near the
+                              # camera motion; learned correction from the pooled state), for tokens that follow the
+                              # picture in whole cells (sticky_track) while the camera moves a fraction of a cell per
+                              # step. 0: bilinear sources of the motion
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
@@ -130,6 +135,21 @@ def mixture_log_probs(logits, log_pi, cand, w):
     earlier = torch.ones(n, n, dtype=torch.bool, device=cand.device).tril(-1)
     first = ~(same & earlier).any(-1)
     return logp.scatter(-1, cand, torch.where(first, new, new.detach()))
+
+
+def shift_labels(prev, nxt, offsets):
+    """The whole-cell shift that keeps the most codes: prev, nxt [N, H, W] codes of consecutive frames,
+    offsets [S, 2] (dx, dy) -> [N] index of the offset under which the most cells of nxt hold prev's
+    code from (y + dy, x + dx) (edges repeated, as the moved copy takes them); ties go to the smaller
+    shift. What preprocess --sticky_track chose when it made the tokens, up to the margin."""
+    N, H, W = prev.shape
+    off = offsets.long()
+    xs = (torch.arange(W, device=prev.device)[None] + off[:, :1]).clamp(0, W - 1)    # (S, W)
+    ys = (torch.arange(H, device=prev.device)[None] + off[:, 1:]).clamp(0, H - 1)    # (S, H)
+    src = (ys[:, :, None] * W + xs[:, None, :]).flatten(1)                          # (S, H*W)
+    moved = prev.reshape(N, 1, H * W).expand(N, len(off), H * W).gather(2, src[None].expand(N, -1, -1))
+    kept = (moved == nxt.reshape(N, 1, H * W)).float().mean(-1)                     # (N, S)
+    return (kept - 1e-3 * off.abs().sum(-1).float()).argmax(-1)
 
 
 def _gn(channels, groups):
@@ -257,7 +277,23 @@ class WorldModel(nn.Module):
                 self.copy_gain = nn.Parameter(torch.tensor(math.log(K)))
             self.copy_gate = nn.Linear(C, 3 if cfg.copy_mixture else 1)  # per-cell trust in the copy
             head_out = self.to_code if cfg.head == "codebook" else self.to_logits
-            for lin in (head_out, self.copy_gate):
+            zeroed = [head_out, self.copy_gate]
+            if cfg.copy_shifts > 0:
+                if not cfg.copy_mixture:
+                    raise ValueError("copy_shifts needs copy_mixture")
+                R = cfg.copy_shifts
+                off = torch.arange(-R, R + 1, dtype=torch.float32)
+                oy, ox = torch.meshgrid(off, off, indexing="ij")
+                off = torch.stack([ox.flatten(), oy.flatten()], -1)
+                # near shifts in every direction, far ones along the axes only: a turn moves the picture
+                # along one axis at a time, and the mixture's cost grows with the number of shifts
+                off = off[(off.abs().sum(-1) <= min(R, 2)) | (off == 0).any(-1)]
+                self.register_buffer("shift_offsets", off, persistent=False)
+                # which whole-cell shift this frame's codes take: from the pooled state, the conditioning
+                # and the motion; zero-initialised, so it starts as the prior around the camera motion
+                self.shift_choice = nn.Linear(C + self.cond_dim + 3, len(off))
+                zeroed.append(self.shift_choice)
+            for lin in zeroed:
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
         self.idm = InverseDynamics(E, cfg.idm_hidden, A)
@@ -325,14 +361,17 @@ class WorldModel(nn.Module):
         return self.idm(e0, e1)
 
     # ------------------------------------------------------------------ sequence forward
-    def forward_sequence(self, tokens, actions, state=None, present=None, corruption=None):
+    def forward_sequence(self, tokens, actions, state=None, present=None, corruption=None, one_shift=False,
+                         aux=None):
         """Teacher-forced over T input frames.
 
         tokens [B, T, h, w] (frames t = 0..T-1), actions [B, T, A] (a_t takes frame t to t+1),
         present [B, T] / corruption [B, T] or [B] optional.
         Returns logits [B, T, K, h, w] (logits[:, t] predicts frame t+1) and the final state.
         Only frames <= t and actions <= t reach logits[:, t]: the recurrence is causal in time and
-        each step's input is its own frame.
+        each step's input is its own frame. one_shift (copy_shifts): the moved copy takes only each
+        frame's most likely whole-cell shift (play: a sampled frame moves as one piece). aux: a dict
+        that receives "shift_logits" [B, T, S] (copy_shifts) for a loss on the shift choice.
         """
         B, T, H, W = tokens.shape
         N = B * T
@@ -383,7 +422,12 @@ class WorldModel(nn.Module):
                 d, zoom = d.detach(), zoom.detach()
             elif self.cfg.copy_motion in ("shift", "anchored_shift"):
                 zoom = zoom.detach()
-            src, w = copy_sources(d, zoom, H, W)                                            # (N, h, w, 4) x2
+            if self.cfg.copy_shifts > 0:
+                src, w, shift_logits = self.shifted_sources(y, cond, d, zoom, H, W, one_shift)  # (N, h, w, S) x2
+                if aux is not None:
+                    aux["shift_logits"] = shift_logits.view(B, T, -1)
+            else:
+                src, w = copy_sources(d, zoom, H, W)                                        # (N, h, w, 4) x2
             if self.cfg.copy_motion == "nearest":  # the whole gain on one code: a sub-cell motion keeps the cell
                 src, w = src.gather(-1, w.argmax(-1, keepdim=True)), torch.ones_like(w[..., :1])
             codes = tokens.reshape(N, H * W).gather(1, src.reshape(N, -1)).view(N, H, W, -1)
@@ -401,20 +445,46 @@ class WorldModel(nn.Module):
         # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)
         return logits.reshape(B, T, H, W, -1).permute(0, 1, 4, 2, 3), tuple(new_state)
 
+    def shifted_sources(self, y, cond, d, zoom, H, W, one_shift=False):
+        """copy_shifts: the moved code as a mixture over whole-cell shifts, one distribution per frame.
+        y [N, h, w, C] features, cond [N, A+2], motion d [N, 2] cells, zoom [N] -> (flat source cells
+        [N, h, w, S] of the S shifts, edges repeated; their weights [N, h, w, S]; the shift logits
+        [N, S]). No zoom: these tokens hold their codes while the view magnifies (a zoomed copy was
+        measured to lose kept cells). The prior puts a shift's log-weight at -2 * (its distance to d
+        in cells)^2, so a motion of half a cell splits evenly between its two neighbours; the learned
+        part (from the pooled state, which has seen the earlier frames) can tell which of them this
+        step's codes take. one_shift: all weight on the most likely shift."""
+        N = d.shape[0]
+        off = self.shift_offsets                                                          # (S, 2) (dx, dy)
+        prior = -2.0 * ((off[None] - d[:, None].float()) ** 2).sum(-1)                      # (N, S)
+        feat = torch.cat([y.float().mean((1, 2)), cond.float(), d.float(), zoom.float()[:, None]], -1)
+        logits = prior + self.shift_choice(feat.to(self.shift_choice.weight.dtype)).float()
+        w = torch.softmax(logits, -1)
+        if one_shift:
+            w = F.one_hot(w.argmax(-1), w.shape[-1]).float()
+        xs = torch.arange(W, device=d.device)[None, None, :] + off[:, 0].long()[:, None, None]
+        ys = torch.arange(H, device=d.device)[None, :, None] + off[:, 1].long()[:, None, None]
+        src = (ys.clamp(0, H - 1) * W + xs.clamp(0, W - 1)).permute(1, 2, 0)             # (h, w, S)
+        S = src.shape[-1]
+        return src[None].expand(N, H, W, S), w[:, None, None, :].expand(N, H, W, S), logits
+
     def forward(self, tokens, actions, state=None, present=None, corruption=None):
         """Contract form: tokens [B, T, h, w], actions [B, T-1, A] -> logits [B, T-1, K, h, w];
         logits[:, t] predicts tokens[:, t+1]. The last frame is never an input."""
         assert actions.shape[1] == tokens.shape[1] - 1, "need T-1 actions for T frames"
         return self.forward_sequence(tokens[:, :-1], actions, state, present, corruption)[0]
 
-    def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0, sampled=False):
+    def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0, sampled=False,
+             one_shift=False):
         """Play: tokens [B, h, w] int64 (frame t), action [B, A] float (None = unconditioned),
         state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state).
         guidance g != 1 also runs the step without the action, from the same state, and returns
         unconditioned + g * (conditioned - unconditioned) logits (action dropout in training is what
         makes the unconditioned half meaningful); the state carried on is the conditioned one.
         sampled=True says the tokens are the model's own sample, not a real frame: the model is then
-        told corruption level cfg.sampled_level (what training rollouts tell it)."""
+        told corruption level cfg.sampled_level (what training rollouts tell it). one_shift (copy_shifts;
+        play and evaluation): the moved copy takes each frame's most likely whole-cell shift, so a sampled
+        frame moves as one piece (training keeps the mixture over shifts)."""
         if sampled and corruption is None and self.cfg.sampled_level > 0:
             corruption = self.cfg.sampled_level
         if guidance != 1.0 and action is not None:
@@ -422,7 +492,8 @@ class WorldModel(nn.Module):
             present = torch.ones(B, device=tokens.device) if present is None else present.reshape(B).float()
             both, state2 = self.step(torch.cat([tokens, tokens]), torch.cat([action, torch.zeros_like(action)]),
                                      tuple(torch.cat([h, h]) for h in state),
-                                     torch.cat([present, torch.zeros_like(present)]), corruption)
+                                     torch.cat([present, torch.zeros_like(present)]), corruption,
+                                     one_shift=one_shift)
             cond, uncond = both[:B], both[B:]
             return uncond + guidance * (cond - uncond), tuple(h[:B] for h in state2)
         B = tokens.shape[0]
@@ -434,7 +505,8 @@ class WorldModel(nn.Module):
         if corruption is not None:
             corruption = torch.as_tensor(corruption, device=tokens.device, dtype=torch.float32).reshape(-1)
             corruption = corruption.expand(B).reshape(B, 1)
-        logits, state = self.forward_sequence(tokens[:, None], action[:, None].float(), state, present, corruption)
+        logits, state = self.forward_sequence(tokens[:, None], action[:, None].float(), state, present, corruption,
+                                              one_shift)
         return logits[:, 0], state
 
     def num_params(self):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import utils
 import validation
 from config import ConfigError, apply_overrides, build_parser, config_from_dict, format_config, load_yaml, opt
-from model_convGru import WorldModel, WorldModelConfig
+from model_convGru import WorldModel, WorldModelConfig, shift_labels
 from sampling import Sampler
 
 
@@ -58,6 +58,7 @@ class TrainConfig:
     shift_radius: int = opt(3, "learned action-conditioned shift of the input frame and state, +-cells (0 = off)")
     zoom_range: float = opt(0.15, "learned action-conditioned zoom about the view centre (walking), largest |log scale| per step (0 = off)")
     copy_prior: bool = opt(False, "logits start as 'each cell keeps its code, moved by the learned camera motion'; the head learns the change")
+    copy_shifts: int = opt(0, "copy_mixture's moved code as a mixture over whole-cell shifts up to N cells along an axis (|dx| + |dy| <= 2 off the axes), one distribution per frame (a prior around the camera motion, corrected from the model's state): for tokens that follow the picture in whole cells (preprocess --sticky_track); 0 = the bilinear sources of the motion")
     copy_mixture: bool = opt(False, "copy prior as a per-cell mixture of three: the cell's own code, the code moved by the camera motion, and the head's softmax (False: the moved copy's gain is added to the head's logits)")
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
     copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell, 'anchored' reads it minus the no-action motion (idle steps copy exactly; the warp is unchanged)")
@@ -91,6 +92,7 @@ class TrainConfig:
     action_dropout: float = opt(0.1, "probability an action is dropped (model sees 'no action'; enables guidance)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     idm_weight: float = opt(0.5, "inverse-dynamics loss on true frame pairs")
+    shift_weight: float = opt(0.0, "with copy_shifts: cross-entropy of each frame's shift choice against the whole-cell shift that keeps the most of the true next frame's codes (teacher-forced frames)")
     idm_pred_weight: float = opt(0.5, "inverse-dynamics loss on (frame t, predicted t+1): predictions must show the action")
     idm_pred_frames: int = opt(16, "predicted frames per step used for the idm_pred loss (drawn uniformly)")
     perceptual: str = opt("off", "off | l1 | lpips: auxiliary loss through tokenizer.decode_soft")
@@ -114,7 +116,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "sampled_level", "anchored_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "sampled_level", "anchored_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}
@@ -271,26 +273,32 @@ class Objective(nn.Module):
             except Exception as e:  # weights are downloaded on first use; no internet -> say so now
                 raise SystemExit(f"train.py: --perceptual lpips unavailable ({e}); use --perceptual l1")
 
-    def predict(self, tokens, actions, rollout):
+    def predict(self, tokens, actions, rollout, aux=None):
         """Logits for frames 1..W-1 of a window: teacher-forced on (corrupted) frames 0..T0-1, then
         `rollout` steps fed with the model's own samples. Frame t+1 is never an input for predicting
         frame t+1, and frames T0..W-1 are never inputs at all. tokens [B, W, h, w], actions [B, W-1, A]
-        -> logits_tf [B, T0, K, h, w], logits_ro [B, R, K, h, w] (or None), present [B, W-1]."""
+        -> logits_tf [B, T0, K, h, w], logits_ro [B, R, K, h, w] (or None), present [B, W-1].
+        aux (a dict) receives the teacher-forced frames' "shift_logits" [B, T0, S] (copy_shifts)."""
         cfg, m = self.cfg, self.model
         B, W = tokens.shape[:2]
         T0 = W - 1 - rollout                                          # teacher-forced input frames
         level = torch.rand(B, device=tokens.device) * cfg.corruption_max
         present = (torch.rand(B, W - 1, device=tokens.device) >= cfg.action_dropout).float()
         context = corrupt(tokens[:, :T0], level, m.cfg.codebook_size)  # (B, T0, h, w): frames 0..T0-1 only
-        state, chunks = None, []
+        state, chunks, shifts = None, [], []
         for s in range(0, T0, cfg.bptt):                              # truncated BPTT
             state = None if state is None else tuple(h.detach() for h in state)
             e = min(T0, s + cfg.bptt)
             # contiguous: a slice's strides depend on T0, and each new stride would be a recompile
+            out = {} if aux is not None else None
             logits, state = self.forward_sequence(context[:, s:e].contiguous(), actions[:, s:e], state,
-                                                  present[:, s:e], level)
+                                                  present[:, s:e], level, aux=out)
             chunks.append(logits)
+            if out and "shift_logits" in out:
+                shifts.append(out["shift_logits"])
         logits_tf = torch.cat(chunks, dim=1)                          # (B, T0, K, h, w)
+        if shifts:
+            aux["shift_logits"] = torch.cat(shifts, dim=1)            # (B, T0, S)
         preds, prev = [], logits_tf[:, -1]
         sampled = torch.full((B,), m.cfg.sampled_level, device=tokens.device)  # the inputs below are samples
         for r in range(rollout):                                      # feed back the model's own samples
@@ -307,7 +315,8 @@ class Objective(nn.Module):
         cfg, m = self.cfg, self.model
         B, W, H, Wd = tokens.shape
         T0 = W - 1 - rollout
-        logits_tf, logits_ro, present = self.predict(tokens, actions, rollout)
+        aux = {} if cfg.shift_weight > 0 and m.cfg.copy_shifts > 0 else None
+        logits_tf, logits_ro, present = self.predict(tokens, actions, rollout, aux)
         ce_tf = code_cross_entropy(logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing)
         all_logits = logits_tf
         stats = {"loss/ce_tf": ce_tf.detach()}
@@ -331,6 +340,11 @@ class Objective(nn.Module):
         idm_pred = (err * keep).sum() / keep.sum().clamp(min=1)
         loss = ce + cfg.idm_weight * idm + cfg.idm_pred_weight * idm_pred
         stats.update({"loss/ce": ce.detach(), "loss/idm": idm.detach(), "loss/idm_pred": idm_pred.detach()})
+        if aux:  # the shift each true next frame's codes took, as the moved copy's target
+            labels = shift_labels(tokens[:, :T0].flatten(0, 1), tokens[:, 1:T0 + 1].flatten(0, 1), m.shift_offsets)
+            shift_ce = F.cross_entropy(aux["shift_logits"].flatten(0, 1).float(), labels)
+            loss = loss + cfg.shift_weight * shift_ce
+            stats["loss/shift"] = shift_ce.detach()
         if cfg.perceptual != "off":
             perc = self.perceptual_loss(all_logits, tokens[:, 1:])
             loss = loss + cfg.perceptual_weight * perc

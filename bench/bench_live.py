@@ -152,7 +152,7 @@ def sampler_variants(env, frames: int) -> dict:
     sampling.sample_tokens (the same distribution: select the k candidates with numpy's
     argpartition, then a k-way instead of a K-way softmax and draw)."""
     with torch.inference_mode():
-        logits, _ = env.model.step(env.tokens, env.action, env.state)
+        logits, _ = env.model.step(env.tokens, env.action, env.state, one_shift=True)
         g = torch.Generator().manual_seed(0)
 
         def proposed(lg, k=50):

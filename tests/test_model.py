@@ -391,3 +391,119 @@ def test_sampled_input_is_told_the_sampled_level():
                                 plain.step(tokens[:, 0], actions[:, 0], state)[0])
     assert torch.equal(sampled, told) and not torch.allclose(sampled, real)
     assert unchanged  # level 0: a sample passes as a real frame, as in checkpoints made before the switch
+
+
+def shifts_model(dx=None, **kw):
+    """A copy_shifts model; dx sets the motion head to move the view dx cells (content from the right)."""
+    m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, **kw).eval()
+    if dx is not None:
+        with torch.no_grad():
+            m.shift[-1].bias.copy_(torch.tensor([3 * math.atanh(dx / 3), 0.0]))
+    return m
+
+
+def test_untrained_copy_shifts_model_predicts_the_last_frame_and_needs_the_mixture():
+    m = shifts_model()
+    tokens, actions = batch(T=6)
+    with torch.no_grad():
+        logp = m(tokens, actions)
+    assert torch.allclose(torch.logsumexp(logp, 2), torch.zeros(1), atol=1e-5)
+    assert torch.equal(logp.argmax(2), tokens[:, :-1])
+    assert len(m.shift_offsets) == 13  # |dx| + |dy| <= 2
+    far = tiny(copy_prior=True, copy_mixture=True, copy_shifts=5).shift_offsets
+    assert len(far) == 13 + 4 * 3 and ((far.abs().sum(-1) <= 2) | (far == 0).any(-1)).all()  # far ones on the axes
+    with pytest.raises(ValueError, match="copy_mixture"):
+        tiny(copy_prior=True, copy_shifts=2)
+
+
+def test_copy_shifts_moves_whole_cells_and_splits_a_half_cell_motion():
+    """All weight on the moved copy: a motion of one cell copies each cell's right neighbour (the
+    shift of one whole cell gets the most weight); half a cell splits the weight evenly between
+    the two whole-cell shifts either side (the learned part decides between them)."""
+    tokens, actions = batch(T=2)
+    src = tokens[:, 0]
+    m = shifts_model(dx=1.0)
+    with torch.no_grad():
+        m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))
+        pred = m(tokens, actions).argmax(2)[:, 0]
+    assert torch.equal(pred[:, :, :-1], src[:, :, 1:])
+    off = m.shift_offsets.tolist()
+    for dx, want in ((1.0, {(1.0, 0.0): 0.6}), (0.5, {(0.0, 0.0): 0.3, (1.0, 0.0): 0.3})):
+        m = shifts_model(dx=dx)
+        with torch.no_grad():
+            cond = m.cond_vector(actions[:, 0])
+            d, zoom = m.camera_motion(cond, anchored=False)
+            _, w, _ = m.shifted_sources(torch.zeros(2, *GRID, 16), cond, d, zoom, *GRID)
+        w = w[:, 0, 0]  # one distribution per frame
+        for shift, share in want.items():
+            got = w[:, off.index(list(shift))]
+            assert torch.all(got > share) and torch.all(got >= w.max(-1).values - 1e-6), (dx, shift, got)
+        if dx == 0.5:
+            assert torch.allclose(w[:, off.index([0.0, 0.0])], w[:, off.index([1.0, 0.0])])
+
+
+def test_copy_shifts_learns_a_two_cell_turn():
+    """Frames are windows onto a wider random token world that yaw moves by two cells per step; the
+    copy (static, moved over whole-cell shifts, head) trains the camera motion and the shift choice,
+    so after training a turn's frame is mostly its predecessor moved two cells."""
+    H, W = GRID
+    m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_motion="anchored_shift")
+
+    def frames(g, yaw):
+        world = torch.randint(0, K, (8, H, W + 16), generator=g)
+        pos = 8 + 2 * torch.cat([torch.zeros(8, 1, dtype=torch.long), yaw.cumsum(1)], 1)
+        return torch.stack([torch.stack([world[b, :, p:p + W] for p in pos[b].tolist()]) for b in range(8)])
+
+    dx = learn_camera_motion(m, frames, 0, 60, seed=3)[0][:, 0]
+    assert dx[0] < -0.5 and dx[2] > 0.5 and abs(dx[1]) < 0.3, dx  # the prior points the right way
+    g = torch.Generator().manual_seed(9)
+    yaw = torch.ones(8, 3, dtype=torch.long)
+    tokens = frames(g, yaw)
+    actions = torch.zeros(8, 3, A)
+    actions[..., 0] = 1.0
+    with torch.no_grad():
+        pred = m(tokens, actions).argmax(2)
+    inside = (slice(None), slice(None), slice(None), slice(0, W - 2))
+    assert (pred[inside] == tokens[:, 1:][inside]).float().mean() > 0.8
+
+
+
+def test_one_shift_moves_a_sampled_frame_as_one_piece():
+    """Half a cell of motion splits the moved copy between two whole-cell shifts; in play
+    (one_shift) each frame takes one of them whole, and without it step() equals the sequence forward."""
+    m = shifts_model(dx=0.5)
+    tokens, actions = batch(B=2, T=2)
+    with torch.no_grad():
+        m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))  # all on the moved copy
+        state = m.init_state(2, "cpu")
+        soft, _ = m.step(tokens[:, 0], actions[:, 0], state)
+        seq, _ = m.forward_sequence(tokens[:, :1], actions[:, :1])
+        assert torch.allclose(soft, seq[:, 0], atol=1e-5)
+        one, _ = m.step(tokens[:, 0], actions[:, 0], state, one_shift=True)
+    assert torch.allclose(torch.logsumexp(one, 1), torch.zeros(1), atol=1e-5)
+    src = tokens[:, 0]
+    pred = one.argmax(1)
+    moved = torch.cat([src[:, :, 1:], src[:, :, -1:]], 2)
+    for b in range(2):
+        assert torch.equal(pred[b], src[b]) or torch.equal(pred[b], moved[b])
+    top = one.max(1).values  # the moved code holds (nearly) all the mass: nothing split
+    assert (top > -1e-3).all() and (soft.max(1).values < -0.3).any()
+
+
+def test_shift_labels_find_the_shift_the_codes_took():
+    """The label of a frame pair is the whole-cell shift under which the most codes are kept; an
+    unchanged frame and a uniform one (every shift ties) get no shift."""
+    from model_convGru import shift_labels
+    m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2)
+    off = m.shift_offsets.long().tolist()
+    H, W = GRID
+    g = torch.Generator().manual_seed(0)
+    world = torch.randint(0, K, (H + 4, W + 4), generator=g)
+    prev = world[2:2 + H, 2:2 + W]
+    pairs = {(1, 0): world[2:2 + H, 3:3 + W], (-2, 0): world[2:2 + H, 0:W], (0, 1): world[3:3 + H, 2:2 + W],
+             (0, 0): prev, (0, -2): world[0:H, 2:2 + W], (1, 1): world[3:3 + H, 3:3 + W]}
+    nxt = torch.stack(list(pairs.values()))
+    labels = shift_labels(prev.expand(len(pairs), H, W), nxt, m.shift_offsets)
+    assert [tuple(off[i]) for i in labels.tolist()] == list(pairs)
+    flat = torch.full((1, H, W), 3)
+    assert off[shift_labels(flat, flat, m.shift_offsets)[0]] == [0, 0]
