@@ -29,7 +29,7 @@ def validate(model, val_ds, cfg, device, ctx, yaw_index, move_index):
         frame, preds, logits_ro = tokens[:, C], [], []
         first_state = state
         for r in range(R):                                         # predicts frames C+1 .. C+R
-            logits, state = model.step(frame, actions[:, C + r], state, sampled=r > 0)
+            logits, state = model.step(frame, actions[:, C + r], state, sampled=r > 0, one_shift=True)
             logits_ro.append(logits.float())
             frame = sampler(logits, generator=gen)
             preds.append(frame)
@@ -40,8 +40,8 @@ def validate(model, val_ds, cfg, device, ctx, yaw_index, move_index):
                 continue
             plus, minus = actions[:, C].clone(), actions[:, C].clone()
             plus[:, i], minus[:, i] = 1.0, -1.0
-            lp = torch.softmax(model.step(tokens[:, C], plus, first_state)[0].permute(0, 2, 3, 1).float(), -1)
-            lm = torch.softmax(model.step(tokens[:, C], minus, first_state)[0].permute(0, 2, 3, 1).float(), -1)
+            lp, lm = (torch.softmax(model.step(tokens[:, C], a, first_state, one_shift=True)[0]
+                                    .permute(0, 2, 3, 1).float(), -1) for a in (plus, minus))
             responses[f"val/action_response_{name}"] = 0.5 * (lp - lm).abs().sum(-1).mean().item()
         e = model.embed_tokens(tokens[:, C:].flatten(0, 1)).view(len(tokens), R + 1, -1, *tokens.shape[2:])
         a_hat = model.inverse_dynamics(e[:, :-1].flatten(0, 1), e[:, 1:].flatten(0, 1)).float()
@@ -80,7 +80,7 @@ def save_strip(model, tokenizer, batch, cfg, yaw_index, path, columns=8):
             a = torch.zeros_like(actions[:1, C])
             a[:, yaw_index] = sign
             for r in range(R):
-                logits, s = model.step(frame, a, s, sampled=r > 0)
+                logits, s = model.step(frame, a, s, sampled=r > 0, one_shift=True)
                 frame = sampler(logits, generator=gen)
                 out.append(frame[0])
             rows.append(torch.stack(out))
