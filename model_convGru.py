@@ -143,13 +143,19 @@ def shift_labels(prev, nxt, offsets):
     code from (y + dy, x + dx) (edges repeated, as the moved copy takes them); ties go to the smaller
     shift. What preprocess --sticky_track chose when it made the tokens, up to the margin."""
     N, H, W = prev.shape
-    off = offsets.long()
-    xs = (torch.arange(W, device=prev.device)[None] + off[:, :1]).clamp(0, W - 1)    # (S, W)
-    ys = (torch.arange(H, device=prev.device)[None] + off[:, 1:]).clamp(0, H - 1)    # (S, H)
-    src = (ys[:, :, None] * W + xs[:, None, :]).flatten(1)                          # (S, H*W)
-    moved = prev.reshape(N, 1, H * W).expand(N, len(off), H * W).gather(2, src[None].expand(N, -1, -1))
+    src = shift_sources(offsets, H, W)                                              # (S, H*W)
+    moved = prev.reshape(N, 1, H * W).expand(N, len(src), H * W).gather(2, src[None].expand(N, -1, -1))
     kept = (moved == nxt.reshape(N, 1, H * W)).float().mean(-1)                     # (N, S)
-    return (kept - 1e-3 * off.abs().sum(-1).float()).argmax(-1)
+    return (kept - 1e-3 * offsets.abs().sum(-1).float()).argmax(-1)
+
+
+def shift_sources(offsets, H, W):
+    """offsets [S, 2] whole-cell (dx, dy) -> [S, H*W] the flat cell each cell takes its code from,
+    (y + dy, x + dx), edges repeated."""
+    off = offsets.long()
+    xs = (torch.arange(W, device=off.device)[None] + off[:, :1]).clamp(0, W - 1)    # (S, W)
+    ys = (torch.arange(H, device=off.device)[None] + off[:, 1:]).clamp(0, H - 1)    # (S, H)
+    return (ys[:, :, None] * W + xs[:, None, :]).flatten(1)
 
 
 def _gn(channels, groups):
@@ -453,20 +459,19 @@ class WorldModel(nn.Module):
         measured to lose kept cells). The prior puts a shift's log-weight at -2 * (its distance to d
         in cells)^2, so a motion of half a cell splits evenly between its two neighbours; the learned
         part (from the pooled state, which has seen the earlier frames) can tell which of them this
-        step's codes take. one_shift: all weight on the most likely shift."""
+        step's codes take. one_shift: only the most likely shift, as the single source (S = 1)."""
         N = d.shape[0]
         off = self.shift_offsets                                                          # (S, 2) (dx, dy)
         prior = -2.0 * ((off[None] - d[:, None].float()) ** 2).sum(-1)                      # (N, S)
         feat = torch.cat([y.float().mean((1, 2)), cond.float(), d.float(), zoom.float()[:, None]], -1)
         logits = prior + self.shift_choice(feat.to(self.shift_choice.weight.dtype)).float()
+        src = shift_sources(off, H, W)                                                    # (S, h*w)
+        if one_shift:  # play: the other shifts would carry no mass, so they are not candidates at all
+            pick = src[logits.argmax(-1)].view(N, H, W, 1)
+            return pick, torch.ones(N, H, W, 1, device=d.device), logits
         w = torch.softmax(logits, -1)
-        if one_shift:
-            w = F.one_hot(w.argmax(-1), w.shape[-1]).float()
-        xs = torch.arange(W, device=d.device)[None, None, :] + off[:, 0].long()[:, None, None]
-        ys = torch.arange(H, device=d.device)[None, :, None] + off[:, 1].long()[:, None, None]
-        src = (ys.clamp(0, H - 1) * W + xs.clamp(0, W - 1)).permute(1, 2, 0)             # (h, w, S)
-        S = src.shape[-1]
-        return src[None].expand(N, H, W, S), w[:, None, None, :].expand(N, H, W, S), logits
+        S = src.shape[0]
+        return src.t().reshape(1, H, W, S).expand(N, H, W, S), w[:, None, None, :].expand(N, H, W, S), logits
 
     def forward(self, tokens, actions, state=None, present=None, corruption=None):
         """Contract form: tokens [B, T, h, w], actions [B, T-1, A] -> logits [B, T-1, K, h, w];
