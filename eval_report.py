@@ -147,6 +147,9 @@ def headline(report, horizons):
                 hl[f"{name}_shift_vs_truth"] = cf[mine] / t if abs(t) > 1e-9 else float("nan")
     for rule in ("argmax", "top-k 50"):
         hl[f"unique_codes_step1_{rule.replace(' ', '')}"] = col["rules"][rule]["step1"]
+    for rule in col["rules"]:  # the rollouts' own sampler (reports made before it was listed lack it)
+        if rule.startswith("rollout sampler"):
+            hl["unique_codes_step1_rollout_sampler"] = col["rules"][rule]["step1"]
     hl["unique_codes_step1_truth"] = col["ground_truth"]["step1"]
     if "idm_rollout" in ro:
         for name, d in (("rollout", ro["idm_rollout"]), ("ceiling", report["idm"])):

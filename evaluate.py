@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import actions as act
 import eval_metrics as M
 from config import format_config, opt, parse_config
-from sampling import Sampler
+from sampling import KEEP_ABOVE, Sampler
 from eval_report import finite_or_none, fmt, headline, plot_all, write_markdown, write_video
 from utils import BadFile, atomic_torch_save, atomic_write_json, resolve_device, seed_everything, usable_guidance
 
@@ -47,6 +47,7 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature of the rollouts (<= 0 = argmax)")
     top_k: int = opt(50, "top-k of the rollout sampler (0 = off)")
     top_p: float = opt(1.0, "top-p of the rollout sampler (1 = off)")
+    keep_above: float = opt(KEEP_ABOVE, "rollout sampler: a cell whose most likely code has at least this probability takes it (1 = off)")
     guidance: float = opt(1.25, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
                                 "models trained without action dropout always run at 1)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
@@ -426,10 +427,11 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
     return res, frames, truth_frames
 
 
-def collapse_test(cfg, model, eps, device):
+def collapse_test(cfg, model, eps, device, sampler):
     """First-step collapse: unique codes per predicted frame under each decoding rule, from the same context."""
     rules = {"argmax": Sampler(0.0, 0, 1.0), "top-k 50": Sampler(1.0, 50, 1.0), "top-k 100": Sampler(1.0, 100, 1.0),
              "top-p 0.9": Sampler(1.0, 0, 0.9), "temperature 0.8": Sampler(0.8, 0, 1.0)}
+    rules[f"rollout sampler ({sampler.describe()})"] = sampler
     eps = eps[:max(1, cfg.collapse_episodes)]
     B, C = len(eps), cfg.context
     S = min(cfg.collapse_steps, len(eps[0]["tokens"]) - C)
@@ -580,7 +582,7 @@ def main(cfg):
     cfg.guidance = usable_guidance(cfg.guidance, ckpt, "evaluate")
     lpips_fn = make_lpips(device) if cfg.lpips else None
     frac, split_seed = split_settings(cfg, ckpt)
-    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
+    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
     horizons = sorted(set(cfg.horizons))
     notes, timings = [], {}
 
@@ -611,7 +613,7 @@ def main(cfg):
     if err > 1e-4:
         notes.append(f"the sandbox re-simulation of the recorded actions drifts from the recorded states (max error "
                      f"{err:.3g}): the sandbox changed since the data was generated, so sandbox scores are approximate")
-    report["collapse"] = collapse_test(cfg, model, eps, device)
+    report["collapse"] = collapse_test(cfg, model, eps, device, sampler)
     tick("collapse test")
     report["action"], cf_frames, truth_frames = action_tests(cfg, model, tokenizer, eps, sampler, device, truths)
     tick("action tests")

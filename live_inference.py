@@ -28,7 +28,7 @@ import torch
 
 import actions
 from config import format_config, opt, parse_config
-from sampling import Sampler
+from sampling import KEEP_ABOVE, Sampler
 from utils import (BadFile, atomic_write_json, autocast_context, check_file, compile_summary, cpu_has_fast_bf16, file_hash, load_json,
                    peak_memory_summary, resolve_device, usable_guidance)
 
@@ -60,6 +60,8 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature (keys [ ])")
     top_k: int = opt(50, "sample among the k most likely codes, 0 = off (keys - =)")
     top_p: float = opt(1.0, "nucleus sampling mass, 1.0 = off (keys ; ')")
+    keep_above: float = opt(KEEP_ABOVE, "a cell whose most likely code has at least this probability takes it, "
+                                        "the others are sampled; 1.0 = sample every cell")
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
     guidance: float = opt(1.25, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame "
                                 "(1 = off; models trained without action dropout always run at 1)")
@@ -245,7 +247,7 @@ def load_env(cfg: Config):
         raise SystemExit(f"live_inference.py: --precision must be auto, fp32 or bf16, got {cfg.precision!r}")
     if cfg.precision == "auto":  # resolved here, so a recording replays with the precision it was made with
         cfg.precision = "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
-    sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p)
+    sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
     env = WorldModelEnv(model, tokenizer, sampler, device, half=cfg.half, compile=cfg.compile, seed=cfg.seed,
                         guidance=cfg.guidance, precision=cfg.precision)
     return env, ckpt
@@ -358,7 +360,7 @@ def load_actions(path: str, stride: int) -> np.ndarray:
     return out.reshape(-1, actions.ACTION_DIM)
 
 
-REPLAY_KEYS = ("start", "start_index", "start_traj", "context", "seed", "temperature", "top_k", "top_p", "greedy",
+REPLAY_KEYS = ("start", "start_index", "start_traj", "context", "seed", "temperature", "top_k", "top_p", "keep_above", "greedy",
                "guidance", "side_by_side", "precision")
 
 
@@ -373,6 +375,8 @@ def replay_config(cfg: Config, sidecar: dict, path: str) -> Config:
             changes[k] = recorded[k]
         elif getattr(cfg, k) != recorded[k]:
             print(f"note: --{k} {getattr(cfg, k)!r} overrides the recording's {recorded[k]!r}: the replay will differ")
+    if "keep_above" not in recorded and cfg.keep_above == defaults.keep_above:
+        changes["keep_above"] = 1.0  # recorded before the option: every cell was sampled
     print(f"replaying {path}: " + ", ".join(f"{k} {v!r}" for k, v in changes.items()))
     return dataclasses.replace(cfg, **changes)
 
@@ -456,7 +460,7 @@ class Session:
 
     def sampling(self) -> dict:
         s = self.env.sampler
-        return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
+        return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "keep_above": s.keep_above}
 
     def set_sampling(self, settings: dict):
         for k, v in settings.items():

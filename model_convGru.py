@@ -75,6 +75,11 @@ class WorldModelConfig:
                               # camera motion; learned correction from the pooled state), for tokens that follow the
                               # picture in whole cells (sticky_track) while the camera moves a fraction of a cell per
                               # step. 0: bilinear sources of the motion
+    copy_edges: str = "repeat"  # copy_shifts: a cell whose shifted source lies outside the frame (content coming
+                                # into view) copies the edge code ("repeat"), or that share of the moved mass goes
+                                # to the head ("generate")
+    shift_gain: float = 1.0   # copy_shifts: the conditioning (action) enters the shift choice scaled by this, so that
+                              # with Adam's bounded steps a short run can learn a sharp choice of shift from the action
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
@@ -163,6 +168,15 @@ def _gn(channels, groups):
     while channels % groups:
         groups -= 1
     return nn.GroupNorm(groups, channels)
+
+
+def shift_inside(offsets, H, W):
+    """offsets [S, 2] whole-cell (dx, dy) -> [S, H*W] bool: the source (y + dy, x + dx) lies inside the frame."""
+    off = offsets.long()
+    xs = torch.arange(W, device=off.device)[None] + off[:, :1]                       # (S, W)
+    ys = torch.arange(H, device=off.device)[None] + off[:, 1:]                       # (S, H)
+    ok_x, ok_y = (xs >= 0) & (xs < W), (ys >= 0) & (ys < H)
+    return (ok_y[:, :, None] & ok_x[:, None, :]).flatten(1)
 
 
 class ConvGRUCell(nn.Module):
@@ -287,6 +301,8 @@ class WorldModel(nn.Module):
             if cfg.copy_shifts > 0:
                 if not cfg.copy_mixture:
                     raise ValueError("copy_shifts needs copy_mixture")
+                if cfg.copy_edges not in ("repeat", "generate"):
+                    raise ValueError(f"copy_edges must be 'repeat' or 'generate', not {cfg.copy_edges!r}")
                 R = cfg.copy_shifts
                 off = torch.arange(-R, R + 1, dtype=torch.float32)
                 oy, ox = torch.meshgrid(off, off, indexing="ij")
@@ -429,7 +445,7 @@ class WorldModel(nn.Module):
             elif self.cfg.copy_motion in ("shift", "anchored_shift"):
                 zoom = zoom.detach()
             if self.cfg.copy_shifts > 0:
-                src, w, shift_logits = self.shifted_sources(y, cond, d, zoom, H, W, one_shift)  # (N, h, w, S) x2
+                src, w, shift_logits, inside = self.shifted_sources(y, cond, d, zoom, H, W, one_shift)  # (N, h, w, S) x3
                 if aux is not None:
                     aux["shift_logits"] = shift_logits.view(B, T, -1)
             else:
@@ -444,8 +460,15 @@ class WorldModel(nn.Module):
                 # turns, so "static" and "moved" are separate choices. The head is never pushed away
                 # from the copied code on the cells that change (as a logit sum is), and under argmax a
                 # cell keeps its code while the static weight is above 1/2
-                logits = mixture_log_probs(logits, torch.log_softmax(gain.float(), -1),
-                                           torch.cat([tokens.reshape(N, H, W, 1), codes], -1), w)
+                log_pi = torch.log_softmax(gain.float(), -1)
+                if self.cfg.copy_shifts > 0 and self.cfg.copy_edges == "generate":
+                    # content coming into view is not the edge code repeated: the moved mass of a
+                    # source outside the frame goes to the head
+                    outside = (w * (~inside)).sum(-1, keepdim=True)                            # (N, h, w, 1)
+                    w = w * inside
+                    gen = torch.logaddexp(log_pi[..., 2:], log_pi[..., 1:2] + outside.clamp_min(1e-30).log())
+                    log_pi = torch.cat([log_pi[..., :2], gen], -1)
+                logits = mixture_log_probs(logits, log_pi, torch.cat([tokens.reshape(N, H, W, 1), codes], -1), w)
             else:
                 logits = logits.scatter_add(-1, codes, (gain * w).to(logits.dtype))
         # shape (B, T, K, h, w) as the contract says; memory stays (B, T, h, w, K)
@@ -455,7 +478,7 @@ class WorldModel(nn.Module):
         """copy_shifts: the moved code as a mixture over whole-cell shifts, one distribution per frame.
         y [N, h, w, C] features, cond [N, A+2], motion d [N, 2] cells, zoom [N] -> (flat source cells
         [N, h, w, S] of the S shifts, edges repeated; their weights [N, h, w, S]; the shift logits
-        [N, S]). No zoom: these tokens hold their codes while the view magnifies (a zoomed copy was
+        [N, S]; whether each source lies inside the frame [N or 1, h, w, S] bool). No zoom: these tokens hold their codes while the view magnifies (a zoomed copy was
         measured to lose kept cells). The prior puts a shift's log-weight at -2 * (its distance to d
         in cells)^2, so a motion of half a cell splits evenly between its two neighbours; the learned
         part (from the pooled state, which has seen the earlier frames) can tell which of them this
@@ -463,15 +486,18 @@ class WorldModel(nn.Module):
         N = d.shape[0]
         off = self.shift_offsets                                                          # (S, 2) (dx, dy)
         prior = -2.0 * ((off[None] - d[:, None].float()) ** 2).sum(-1)                      # (N, S)
-        feat = torch.cat([y.float().mean((1, 2)), cond.float(), d.float(), zoom.float()[:, None]], -1)
+        feat = torch.cat([y.float().mean((1, 2)), self.cfg.shift_gain * cond.float(), d.float(), zoom.float()[:, None]], -1)
         logits = prior + self.shift_choice(feat.to(self.shift_choice.weight.dtype)).float()
         src = shift_sources(off, H, W)                                                    # (S, h*w)
+        inside = shift_inside(off, H, W)                                                  # (S, h*w)
         if one_shift:  # play: the other shifts would carry no mass, so they are not candidates at all
-            pick = src[logits.argmax(-1)].view(N, H, W, 1)
-            return pick, torch.ones(N, H, W, 1, device=d.device), logits
+            k = logits.argmax(-1)
+            return (src[k].view(N, H, W, 1), torch.ones(N, H, W, 1, device=d.device), logits,
+                    inside[k].view(N, H, W, 1))
         w = torch.softmax(logits, -1)
         S = src.shape[0]
-        return src.t().reshape(1, H, W, S).expand(N, H, W, S), w[:, None, None, :].expand(N, H, W, S), logits
+        return (src.t().reshape(1, H, W, S).expand(N, H, W, S), w[:, None, None, :].expand(N, H, W, S), logits,
+                inside.t().reshape(1, H, W, S))
 
     def forward(self, tokens, actions, state=None, present=None, corruption=None):
         """Contract form: tokens [B, T, h, w], actions [B, T-1, A] -> logits [B, T-1, K, h, w];

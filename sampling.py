@@ -1,12 +1,21 @@
 """The one token sampler, used by training rollouts, evaluation and live play.
 
 Argmax is never the default (shared/WORLD_MODEL_NOTES.md section 2): greedy decoding
-collapses onto a few codes at the first autoregressive step.
+collapses onto a few codes at the first autoregressive step. keep_above takes the most likely code
+only in the cells where it holds at least that probability; every other cell is drawn.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+# Evaluation and play: a cell whose most likely code has at least this probability takes it. For the
+# copy-mixture models the cells they are sure of (mostly kept codes) then stay, and only the unsure
+# cells are drawn; drawing every cell made a few percent of sure cells change each step, and those
+# errors piled up over a rollout (README, "Sampling the cells the model is sure of").
+KEEP_ABOVE = 0.3
 
 
 @dataclass
@@ -14,18 +23,20 @@ class Sampler:
     temperature: float = 1.0  # <= 0 means greedy (argmax), an explicit opt-in
     top_k: int = 50           # 0 disables
     top_p: float = 1.0        # 1.0 disables
+    keep_above: float = 1.0   # a cell whose most likely code has at least this probability takes it; 1.0 disables
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
 
     def __call__(self, logits, generator=None):
-        return sample_tokens(logits, self.temperature, self.top_k, self.top_p, generator)
+        return sample_tokens(logits, self.temperature, self.top_k, self.top_p, generator, self.keep_above)
 
     def describe(self) -> str:
         if self.greedy:
             return "greedy"
-        return f"T={self.temperature:.2f} top-k={self.top_k or 'off'} top-p={self.top_p:.2f}"
+        keep = f" keep-above={self.keep_above:.2f}" if self.keep_above < 1.0 else ""
+        return f"T={self.temperature:.2f} top-k={self.top_k or 'off'} top-p={self.top_p:.2f}{keep}"
 
 
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
@@ -52,12 +63,17 @@ def top_k_candidates(flat, k: int):
 
 
 @torch.no_grad()
-def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, generator=None):
-    """logits [B, K, H, W] over the codebook -> sampled codes [B, H, W] (int64)."""
+def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, generator=None,
+                  keep_above: float = 1.0):
+    """logits [B, K, H, W] over the codebook -> sampled codes [B, H, W] (int64).
+    keep_above < 1: a cell whose most likely code has at least that probability (before temperature
+    and filtering) takes that code; the other cells are sampled as usual. For a copy-mixture model this
+    keeps the cells it is sure of, while the cells it is unsure of keep their full spread."""
     if temperature <= 0:
         return logits.argmax(dim=1)
     B, K, H, W = logits.shape
-    flat = (logits.float().permute(0, 2, 3, 1).reshape(-1, K) / temperature).contiguous()
+    raw = logits.float().permute(0, 2, 3, 1).reshape(-1, K).contiguous()
+    flat = raw / temperature if temperature != 1.0 else raw
     idx = None
     if top_k and 0 < top_k < K:
         flat, idx = top_k_candidates(flat, top_k)  # draw among k candidates instead of all K codes
@@ -65,4 +81,8 @@ def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: floa
     codes = torch.multinomial(probs, 1, generator=generator)
     if idx is not None:
         codes = idx.gather(-1, codes)
+    if keep_above < 1.0:
+        top, best = raw.max(-1, keepdim=True)
+        sure = top - torch.logsumexp(raw, -1, keepdim=True) >= math.log(max(keep_above, 1e-30))
+        codes = torch.where(sure, best, codes)
     return codes.view(B, H, W)

@@ -92,6 +92,8 @@ class TrainConfig:
     action_dropout: float = opt(0.1, "probability an action is dropped (model sees 'no action'; enables guidance)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
     idm_weight: float = opt(0.5, "inverse-dynamics loss on true frame pairs")
+    copy_edges: str = opt("repeat", "with copy_shifts: a cell whose shifted source lies outside the frame (content coming into view) copies the edge code ('repeat'), or that share of the moved mass goes to the head ('generate')")
+    shift_gain: float = opt(1.0, "with copy_shifts: scale of the action's input to the learned shift choice (how fast, under Adam, that choice can learn to follow the action)")
     shift_weight: float = opt(0.0, "with copy_shifts: cross-entropy of each frame's shift choice against the whole-cell shift that keeps the most of the true next frame's codes (teacher-forced frames)")
     idm_pred_weight: float = opt(0.5, "inverse-dynamics loss on (frame t, predicted t+1): predictions must show the action")
     idm_pred_frames: int = opt(16, "predicted frames per step used for the idm_pred loss (drawn uniformly)")
@@ -101,6 +103,7 @@ class TrainConfig:
     temperature: float = opt(1.0, "sampler temperature for fed-back tokens (as in play)")
     top_k: int = opt(50, "sampler top-k")
     top_p: float = opt(1.0, "sampler top-p")
+    keep_above: float = opt(1.0, "sampler: a cell whose most likely code has at least this probability takes it (1 = sample every cell; evaluation and play default to sampling.KEEP_ABOVE)")
     # logging and checkpoints
     log_every: int = opt(10, "steps between scalar logs")
     eval_every: int = opt(100, "steps between validation metrics (0 = off)")
@@ -116,7 +119,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "sampled_level", "anchored_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "copy_edges", "shift_gain", "sampled_level", "anchored_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}
@@ -257,7 +260,7 @@ class Objective(nn.Module):
     def __init__(self, model: WorldModel, cfg: TrainConfig, tokenizer=None):
         super().__init__()
         self.model, self.cfg = model, cfg
-        self.sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
+        self.sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
         self.tokenizer = tokenizer  # plain object, not a submodule: frozen, never in the state dict
         # compiled for training only (validation runs eager). Static shapes: the time loop is
         # unrolled, so every sequence length is its own graph anyway, and the curriculum has few

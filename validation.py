@@ -17,7 +17,7 @@ def validate(model, val_ds, cfg, device, ctx, yaw_index, move_index):
     model.eval()
     rng = np.random.default_rng([cfg.seed, 10_000])
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 10_000)
-    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
+    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
     idx = rng.integers(0, len(val_ds), cfg.eval_batch)
     items = [val_ds[int(i)] for i in idx]
     tokens = torch.stack([t for t, _ in items]).to(device)        # (B, C+R+1, h, w)
@@ -72,7 +72,7 @@ def save_strip(model, tokenizer, batch, cfg, yaw_index, path, columns=8):
     tokens, actions, preds, state = batch
     C, R = cfg.eval_context, cfg.eval_rollout
     gen = torch.Generator(device=tokens.device).manual_seed(cfg.seed + 20_000)
-    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p)
+    sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
     rows = [tokens[0, C + 1:], preds[0]]
     if yaw_index is not None:
         for sign in (-1.0, 1.0):

@@ -136,3 +136,18 @@ def test_sampler_matches_the_top_k_distribution():
     freq = torch.stack([(codes == i).float().mean() for i in top3.indices])
     assert torch.allclose(freq, expected, atol=0.03)
     assert freq.sum() == 1.0
+
+
+def test_keep_above_keeps_sure_cells_and_samples_the_rest():
+    torch.manual_seed(2)
+    # cell 0: one code at probability 0.6; cell 1: the best code at 0.25 of four near-equal ones
+    sure = torch.log(torch.tensor([0.6, 0.2, 0.1, 0.1]))
+    unsure = torch.log(torch.tensor([0.25, 0.25, 0.25, 0.25]) + torch.tensor([1e-3, 0, 0, 0]))
+    logits = torch.stack([sure, unsure], -1)[None, :, None, :].repeat(2000, 1, 1, 1)     # (N, 4, 1, 2)
+    codes = Sampler(top_k=0, keep_above=0.5)(logits)
+    assert (codes[:, 0, 0] == 0).all()                    # p 0.6 >= 0.5: always the most likely code
+    freq = torch.bincount(codes[:, 0, 1], minlength=4).float() / len(codes)
+    assert torch.allclose(freq, torch.full((4,), 0.25), atol=0.04)  # p 0.25 < 0.5: drawn as before
+    drawn = Sampler(top_k=0)(logits)[:, 0, 0]             # without it the sure cell changes ~40% of the time
+    assert 0.3 < (drawn != 0).float().mean() < 0.5
+    assert "keep-above=0.50" in Sampler(keep_above=0.5).describe() and "keep" not in Sampler().describe()

@@ -203,9 +203,12 @@ def test_action_tests_on_models_that_do_and_do_not_respond(respond):
 def test_collapse_test_counts_codes():
     import evaluate
     cfg = evaluate.Config(context=3, collapse_steps=5)
-    res = evaluate.collapse_test(cfg, ShiftModel(respond=False), fake_episodes(), torch.device("cpu"))
+    from sampling import Sampler
+    res = evaluate.collapse_test(cfg, ShiftModel(respond=False), fake_episodes(), torch.device("cpu"),
+                                 Sampler(keep_above=0.3))
     truth = res["ground_truth"]["step0"]
     assert res["steps"] == 5
+    assert "rollout sampler (T=1.00 top-k=50 top-p=1.00 keep-above=0.30)" in res["rules"]
     for rule in res["rules"].values():  # a copying model keeps exactly the truth's codes
         assert rule["step0"] == rule["step1"] == rule["steps10_19"] == truth
 

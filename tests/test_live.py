@@ -431,3 +431,15 @@ def test_guidance_needs_a_checkpoint_trained_with_action_dropout(tiny, capsys):
     env, _ = live_inference.load_env(live_inference.parse_config(live_inference.Config,
                                                                  ["--checkpoint", tiny["world"], "--guidance", "2"]))
     assert env.guidance == 1.0  # the tiny checkpoint's config has no action dropout
+
+
+def test_replay_of_a_recording_made_before_keep_above_samples_every_cell():
+    import live_inference
+    cfg = live_inference.Config()
+    assert cfg.keep_above < 1.0  # play keeps the cells the model is sure of by default
+    old = live_inference.replay_config(cfg, {"config": {"seed": 3, "top_k": 50}}, "old.mp4")
+    assert old.keep_above == 1.0 and old.seed == 3
+    new = live_inference.replay_config(cfg, {"config": {"seed": 3, "keep_above": 0.4}}, "new.mp4")
+    assert new.keep_above == 0.4
+    mine = live_inference.replay_config(dataclasses.replace(cfg, keep_above=0.6), {"config": {}}, "old.mp4")
+    assert mine.keep_above == 0.6  # given on the command line: wins

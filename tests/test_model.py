@@ -433,7 +433,7 @@ def test_copy_shifts_moves_whole_cells_and_splits_a_half_cell_motion():
         with torch.no_grad():
             cond = m.cond_vector(actions[:, 0])
             d, zoom = m.camera_motion(cond, anchored=False)
-            _, w, _ = m.shifted_sources(torch.zeros(2, *GRID, 16), cond, d, zoom, *GRID)
+            _, w, _, _ = m.shifted_sources(torch.zeros(2, *GRID, 16), cond, d, zoom, *GRID)
         w = w[:, 0, 0]  # one distribution per frame
         for shift, share in want.items():
             got = w[:, off.index(list(shift))]
@@ -466,6 +466,62 @@ def test_copy_shifts_learns_a_two_cell_turn():
     inside = (slice(None), slice(None), slice(None), slice(0, W - 2))
     assert (pred[inside] == tokens[:, 1:][inside]).float().mean() > 0.8
 
+
+
+def test_copy_edges_generate_gives_content_coming_into_view_to_the_head():
+    """All weight on the moved copy, a one-cell turn: the column that comes into view copies the edge
+    code with copy_edges "repeat"; with "generate" its moved mass goes to the head (untrained:
+    uniform), the other cells are unchanged and every cell is still a distribution."""
+    tokens, actions = batch(T=2)
+    out = {}
+    for edges in ("repeat", "generate"):
+        m = shifts_model(dx=1.0, copy_edges=edges)
+        with torch.no_grad():
+            m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))
+            out[edges] = m(tokens, actions)[:, 0]                                   # (B, K, H, W)
+    rep, gen = out["repeat"], out["generate"]
+    assert torch.allclose(torch.logsumexp(gen, 1), torch.zeros(1), atol=1e-5)
+    assert torch.allclose(rep[..., 2:-2, 2:-2], gen[..., 2:-2, 2:-2], atol=1e-5)  # all sources inside: the same
+    edge = tokens[:, 0, :, -1]                                            # the code a repeat would copy
+    p_rep = rep[..., -1].exp().gather(1, edge[:, None]).squeeze(1)
+    p_gen = gen[..., -1].exp().gather(1, edge[:, None]).squeeze(1)
+    assert (p_rep > 0.5).all() and (p_gen < 0.3).all()
+    with pytest.raises(ValueError, match="copy_edges"):
+        shifts_model(copy_edges="wrap")
+
+
+def test_shift_gain_learns_the_shift_choice_from_a_small_action_faster():
+    """A small yaw (0.2) moves the codes two cells; only the shift choice trains (everything else
+    frozen, all weight on the moved copy). With the action's input scaled by shift_gain the same
+    few Adam steps put most of the choice on the two-cell shift; unscaled they do not."""
+    H, W = GRID
+    g = torch.Generator().manual_seed(4)
+    world = torch.randint(0, K, (8, H, W + 12), generator=g)
+    tokens = torch.stack([torch.stack([world[b, :, p:p + W] for p in (0, 2, 4, 6)]) for b in range(8)])
+    actions = torch.zeros(8, 3, A)
+    actions[..., 0] = 0.2
+    share = {}
+    for gain in (1.0, 10.0):
+        m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_motion="anchored_shift",
+                 shift_gain=gain)
+        with torch.no_grad():
+            m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))
+        for p in m.parameters():
+            p.requires_grad_(False)
+        m.shift_choice.weight.requires_grad_(True)
+        opt = torch.optim.Adam([m.shift_choice.weight], lr=0.05)
+        for _ in range(15):
+            logp = m(tokens, actions)
+            loss = -logp.gather(2, tokens[:, 1:, None]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        aux = {}
+        with torch.no_grad():
+            m.forward_sequence(tokens[:, :-1], actions, aux=aux)
+        k = m.shift_offsets.tolist().index([2.0, 0.0])
+        share[gain] = torch.softmax(aux["shift_logits"], -1)[..., k].mean().item()
+    assert share[10.0] > 0.8 and share[1.0] < 0.5, share
 
 
 def test_one_shift_moves_a_sampled_frame_as_one_piece():

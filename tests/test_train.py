@@ -287,11 +287,12 @@ def test_checkpoint_records_the_token_encoding_and_anchored_shift_warns_without_
         json.dump(manifest, f)
     plain = make_token_data(tmp_path / "plain")
     flags = [*TINY, "--max_steps", "1", "--rollout_schedule", "0:0", "--copy_prior", "true", "--copy_mixture", "true",
-             "--copy_motion", "anchored_shift", "--copy_shifts", "2"]
+             "--copy_motion", "anchored_shift", "--copy_shifts", "2", "--shift_gain", "10"]
     train.main(["--data", tracked, "--out", str(tmp_path / "a"), *flags])
     assert "sticky_track" not in capsys.readouterr().out
     model, ckpt = train.load_world_model(str(tmp_path / "a"), "cpu")
     assert model.cfg.copy_shifts == 2 and ckpt["model_args"]["copy_shifts"] == 2
+    assert model.cfg.shift_gain == 10 and ckpt["model_args"]["shift_gain"] == 10
     assert ckpt["tokenizer"]["sticky"] == 0.04 and ckpt["tokenizer"]["sticky_track"] == 2
     train.main(["--data", plain, "--out", str(tmp_path / "b"), *flags])
     assert "without preprocess.py --sticky_track" in capsys.readouterr().out
