@@ -78,6 +78,9 @@ class WorldModelConfig:
     copy_edges: str = "repeat"  # copy_shifts: a cell whose shifted source lies outside the frame (content coming
                                 # into view) copies the edge code ("repeat"), or that share of the moved mass goes
                                 # to the head ("generate")
+    copy_zoom: float = 0.0    # copy_shifts: two more moved-copy candidates, the frame zoomed in and out about its
+                              # centre by whole cells (the outermost cells move this many cells; 0 = none), for
+                              # walking forward and back, which the shifts cannot show
     shift_gain: float = 1.0   # copy_shifts: the conditioning (action) enters the shift choice scaled by this, so that
                               # with Adam's bounded steps a short run can learn a sharp choice of shift from the action
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
@@ -161,6 +164,21 @@ def shift_sources(offsets, H, W):
     xs = (torch.arange(W, device=off.device)[None] + off[:, :1]).clamp(0, W - 1)    # (S, W)
     ys = (torch.arange(H, device=off.device)[None] + off[:, 1:]).clamp(0, H - 1)    # (S, H)
     return (ys[:, :, None] * W + xs[:, None, :]).flatten(1)
+
+
+def zoom_sources(edge, H, W):
+    """Whole-cell zoom about the frame's centre: edge cells by which the outermost cells move ->
+    ([2, H*W] the flat cell each cell takes its code from for zoom in (row 0: content grows, sources
+    nearer the centre) and zoom out (row 1), edges repeated; [2, H*W] bool, the source lies inside)."""
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    src, inside = [], []
+    for sign in (-1.0, 1.0):
+        xs = torch.floor(cx + (torch.arange(W) - cx) * (1 + sign * edge / max(cx, 1)) + 0.5).long()
+        ys = torch.floor(cy + (torch.arange(H) - cy) * (1 + sign * edge / max(cy, 1)) + 0.5).long()
+        ok = ((ys >= 0) & (ys < H))[:, None] & ((xs >= 0) & (xs < W))[None, :]
+        src.append((ys.clamp(0, H - 1)[:, None] * W + xs.clamp(0, W - 1)[None, :]).flatten())
+        inside.append(ok.flatten())
+    return torch.stack(src), torch.stack(inside)
 
 
 def _gn(channels, groups):
@@ -313,7 +331,9 @@ class WorldModel(nn.Module):
                 self.register_buffer("shift_offsets", off, persistent=False)
                 # which whole-cell shift this frame's codes take: from the pooled state, the conditioning
                 # and the motion; zero-initialised, so it starts as the prior around the camera motion
-                self.shift_choice = nn.Linear(C + self.cond_dim + 3, len(off))
+                if cfg.copy_zoom < 0:
+                    raise ValueError(f"copy_zoom must be >= 0, not {cfg.copy_zoom}")
+                self.shift_choice = nn.Linear(C + self.cond_dim + 3, len(off) + 2 * (cfg.copy_zoom > 0))
                 zeroed.append(self.shift_choice)
             for lin in zeroed:
                 nn.init.zeros_(lin.weight)
@@ -486,10 +506,14 @@ class WorldModel(nn.Module):
         N = d.shape[0]
         off = self.shift_offsets                                                          # (S, 2) (dx, dy)
         prior = -2.0 * ((off[None] - d[:, None].float()) ** 2).sum(-1)                      # (N, S)
-        feat = torch.cat([y.float().mean((1, 2)), self.cfg.shift_gain * cond.float(), d.float(), zoom.float()[:, None]], -1)
-        logits = prior + self.shift_choice(feat.to(self.shift_choice.weight.dtype)).float()
         src = shift_sources(off, H, W)                                                    # (S, h*w)
         inside = shift_inside(off, H, W)                                                  # (S, h*w)
+        if self.cfg.copy_zoom > 0:  # zoom in / out: prior as for a one-cell shift from no motion
+            zsrc, zin = zoom_sources(self.cfg.copy_zoom, H, W)
+            prior = torch.cat([prior, (-2.0 - 2.0 * (d.float() ** 2).sum(-1, keepdim=True)).expand(N, 2)], -1)
+            src, inside = torch.cat([src, zsrc.to(src.device)]), torch.cat([inside, zin.to(inside.device)])
+        feat = torch.cat([y.float().mean((1, 2)), self.cfg.shift_gain * cond.float(), d.float(), zoom.float()[:, None]], -1)
+        logits = prior + self.shift_choice(feat.to(self.shift_choice.weight.dtype)).float()
         if one_shift:  # play: the other shifts would carry no mass, so they are not candidates at all
             k = logits.argmax(-1)
             return (src[k].view(N, H, W, 1), torch.ones(N, H, W, 1, device=d.device), logits,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_convGru import WorldModel, WorldModelConfig
+from model_convGru import WorldModel, WorldModelConfig, zoom_sources
 
 K, GRID, A = 24, (6, 10), 7
 
@@ -490,6 +490,25 @@ def test_copy_edges_generate_gives_content_coming_into_view_to_the_head():
         shifts_model(copy_edges="wrap")
 
 
+def train_shift_choice(m, tokens, actions, steps=15):
+    """All weight on the moved copy; a few Adam steps of the shift choice alone -> its logits [B, T, S]."""
+    with torch.no_grad():
+        m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m.shift_choice.weight.requires_grad_(True)
+    opt = torch.optim.Adam([m.shift_choice.weight], lr=0.05)
+    for _ in range(steps):
+        loss = -m(tokens, actions).gather(2, tokens[:, 1:, None]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    aux = {}
+    with torch.no_grad():
+        m.forward_sequence(tokens[:, :-1], actions, aux=aux)
+    return aux["shift_logits"]
+
+
 def test_shift_gain_learns_the_shift_choice_from_a_small_action_faster():
     """A small yaw (0.2) moves the codes two cells; only the shift choice trains (everything else
     frozen, all weight on the moved copy). With the action's input scaled by shift_gain the same
@@ -504,24 +523,54 @@ def test_shift_gain_learns_the_shift_choice_from_a_small_action_faster():
     for gain in (1.0, 10.0):
         m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_motion="anchored_shift",
                  shift_gain=gain)
-        with torch.no_grad():
-            m.copy_gain.copy_(torch.tensor([-20.0, 0.0, -20.0]))
-        for p in m.parameters():
-            p.requires_grad_(False)
-        m.shift_choice.weight.requires_grad_(True)
-        opt = torch.optim.Adam([m.shift_choice.weight], lr=0.05)
-        for _ in range(15):
-            logp = m(tokens, actions)
-            loss = -logp.gather(2, tokens[:, 1:, None]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        aux = {}
-        with torch.no_grad():
-            m.forward_sequence(tokens[:, :-1], actions, aux=aux)
         k = m.shift_offsets.tolist().index([2.0, 0.0])
-        share[gain] = torch.softmax(aux["shift_logits"], -1)[..., k].mean().item()
+        share[gain] = torch.softmax(train_shift_choice(m, tokens, actions), -1)[..., k].mean().item()
     assert share[10.0] > 0.8 and share[1.0] < 0.5, share
+
+
+def test_zoom_sources_move_the_outer_cells_and_keep_the_centre():
+    H, W = 18, 32
+    src, inside = zoom_sources(1.0, H, W)
+    ys, xs = src // W, src % W
+    grid = torch.arange(H * W)
+    cy, cx = grid // W, grid % W
+    centre = ((cy - 8.5).abs() < 2) & ((cx - 15.5).abs() < 4)
+    assert torch.equal(src[:, centre], grid[centre].expand(2, -1))                  # the middle keeps its cells
+    right = cx == W - 1
+    assert torch.equal(xs[0, right], torch.full_like(xs[0, right], W - 2))        # zoom in: from one cell inward
+    assert not inside[1, right].any() and inside[0].all()                          # zoom out: from outside the frame
+    assert ((xs[0] - cx).abs() <= 1).all() and ((ys[0] - cy).abs() <= 1).all()
+
+
+def test_copy_zoom_learns_walking_forward_and_back():
+    """W zooms the codes in, S out (new codes come in at the edges); with the two zoom candidates the
+    untrained model still predicts the last frame, and a few Adam steps of the shift choice alone (all
+    weight on the moved copy) pick zoom in for W and zoom out for S."""
+    H, W = GRID
+    m = tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_motion="anchored_shift",
+             shift_gain=10.0, copy_zoom=1.0)
+    tokens, actions = batch(T=3)
+    with torch.no_grad():
+        logp = m(tokens, actions)
+    assert torch.allclose(torch.logsumexp(logp, 2), torch.zeros(1), atol=1e-5)
+    assert torch.equal(logp.argmax(2), tokens[:, :-1])
+    src, inside = zoom_sources(1.0, H, W)
+    g = torch.Generator().manual_seed(5)
+    walk = torch.tensor([1.0, -1.0]).repeat(4)                                    # W, S, W, S, ...
+    frames = [torch.randint(0, K, (8, H * W), generator=g)]
+    for _ in range(3):
+        nxt = torch.stack([frames[-1][b, src[0 if walk[b] > 0 else 1]] for b in range(8)])
+        fresh = torch.randint(0, K, (8, H * W), generator=g)
+        out = torch.stack([~inside[0 if w > 0 else 1] for w in walk])
+        frames.append(torch.where(out, fresh, nxt))
+    tokens = torch.stack(frames, 1).view(8, 4, H, W)
+    actions = torch.zeros(8, 3, A)
+    actions[..., 3] = walk[:, None]
+    pick = train_shift_choice(m, tokens, actions).argmax(-1)                      # (8, 3)
+    S = len(m.shift_offsets)
+    assert (pick[walk > 0] == S).all() and (pick[walk < 0] == S + 1).all(), pick
+    with pytest.raises(ValueError, match="copy_zoom"):
+        tiny(copy_prior=True, copy_mixture=True, copy_shifts=2, copy_zoom=-1.0)
 
 
 def test_one_shift_moves_a_sampled_frame_as_one_piece():
