@@ -329,10 +329,10 @@ class WorldModel(nn.Module):
                 # along one axis at a time, and the mixture's cost grows with the number of shifts
                 off = off[(off.abs().sum(-1) <= min(R, 2)) | (off == 0).any(-1)]
                 self.register_buffer("shift_offsets", off, persistent=False)
-                # which whole-cell shift this frame's codes take: from the pooled state, the conditioning
-                # and the motion; zero-initialised, so it starts as the prior around the camera motion
                 if cfg.copy_zoom < 0:
                     raise ValueError(f"copy_zoom must be >= 0, not {cfg.copy_zoom}")
+                # which whole-cell shift this frame's codes take: from the pooled state, the conditioning
+                # and the motion; zero-initialised, so it starts as the prior around the camera motion
                 self.shift_choice = nn.Linear(C + self.cond_dim + 3, len(off) + 2 * (cfg.copy_zoom > 0))
                 zeroed.append(self.shift_choice)
             for lin in zeroed:
