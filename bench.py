@@ -5,7 +5,8 @@
 
 Each bench/bench_<area>.py exposes run(quick) -> dict of figures and the configuration they
 were measured with. Figures are wall-clock rates on whatever machine runs this: compare only
-numbers taken on the same machine, with nothing else running.
+numbers taken on the same machine, with nothing else running. On a CUDA machine,
+`python -m bench.bench_gpu` compares eager and compiled training and play steps on the GPU.
 """
 import argparse
 import importlib

@@ -536,11 +536,15 @@ def run_headless(cfg: Config, sidecar: dict | None = None):
         script = [(np.zeros(actions.ACTION_DIM, np.float32), None)]
     elif len(script) < n - 1:
         print(f"{len(script)} actions for {n - 1} steps: repeating them")
+    # the first steps compile (--compile) and warm caches: the figures leave them out
+    warm = min(3, (n - 1) // 4)
     ms = dict.fromkeys(("step_ms", "sample_ms", "decode_ms"), 0.0)
     try:
         s.reset()
         t0 = time.perf_counter()
         for i in range(n - 1):
+            if i == warm:
+                t0 = time.perf_counter()
             action, sampling = script[i % len(script)]
             if sampling is not None:
                 s.set_sampling(sampling)
@@ -548,17 +552,19 @@ def run_headless(cfg: Config, sidecar: dict | None = None):
                 s.reset()
                 continue
             s.step(action)
-            for k in ms:
-                ms[k] += s.env.timings[k]
+            if i >= warm:
+                for k in ms:
+                    ms[k] += s.env.timings[k]
         wall = time.perf_counter() - t0
     finally:
         s.close()  # a video cut short by an error or Ctrl-C is still a valid file
     if cfg.screenshot:
         save_png(cfg.screenshot, np.concatenate(s.panels(*s.last), axis=1), cfg.scale)
         print(f"screenshot: {cfg.screenshot}")
-    steps = max(n - 1, 1)
-    print(f"{n} frames, {(n - 1) / max(wall, 1e-9):.1f} steps/s | per frame: model {ms['step_ms'] / steps:.1f} ms, "
-          f"sampling {ms['sample_ms'] / steps:.1f} ms, decode {ms['decode_ms'] / steps:.1f} ms")
+    steps = max(n - 1 - warm, 1)
+    print(f"{n} frames, {steps / max(wall, 1e-9):.1f} steps/s | per frame: model {ms['step_ms'] / steps:.1f} ms, "
+          f"sampling {ms['sample_ms'] / steps:.1f} ms, decode {ms['decode_ms'] / steps:.1f} ms"
+          + (f" (the first {warm} steps, warm-up and any compiling, not counted)" if warm else ""))
     if cfg.compile:
         print(compile_summary())
     if s.env.device.type == "cuda":

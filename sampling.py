@@ -62,6 +62,17 @@ def top_k_candidates(flat, k: int):
     return torch.topk(flat, k, dim=-1, sorted=False)
 
 
+def _draw(raw, temperature, top_k, top_p, generator):
+    """Rows of logits [N, K] -> one code per row [N, 1], drawn after temperature, top-k and top-p."""
+    flat = raw / temperature if temperature != 1.0 else raw
+    idx = None
+    if top_k and 0 < top_k < raw.shape[-1]:
+        flat, idx = top_k_candidates(flat, top_k)  # draw among k candidates instead of all K codes
+    probs = torch.softmax(filter_logits(flat, 0, top_p), dim=-1)
+    codes = torch.multinomial(probs, 1, generator=generator)
+    return idx.gather(-1, codes) if idx is not None else codes
+
+
 @torch.no_grad()
 def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, generator=None,
                   keep_above: float = 1.0):
@@ -73,16 +84,12 @@ def sample_tokens(logits, temperature: float = 1.0, top_k: int = 50, top_p: floa
         return logits.argmax(dim=1)
     B, K, H, W = logits.shape
     raw = logits.float().permute(0, 2, 3, 1).reshape(-1, K).contiguous()
-    flat = raw / temperature if temperature != 1.0 else raw
-    idx = None
-    if top_k and 0 < top_k < K:
-        flat, idx = top_k_candidates(flat, top_k)  # draw among k candidates instead of all K codes
-    probs = torch.softmax(filter_logits(flat, 0, top_p), dim=-1)
-    codes = torch.multinomial(probs, 1, generator=generator)
-    if idx is not None:
-        codes = idx.gather(-1, codes)
-    if keep_above < 1.0:
-        top, best = raw.max(-1, keepdim=True)
-        sure = top - torch.logsumexp(raw, -1, keepdim=True) >= math.log(max(keep_above, 1e-30))
-        codes = torch.where(sure, best, codes)
+    if keep_above >= 1.0:
+        return _draw(raw, temperature, top_k, top_p, generator).view(B, H, W)
+    top, best = raw.max(-1, keepdim=True)
+    sure = (top - torch.logsumexp(raw, -1, keepdim=True) >= math.log(max(keep_above, 1e-30))).squeeze(-1)
+    codes = best
+    unsure = (~sure).nonzero().squeeze(-1)
+    if unsure.numel():  # only the unsure cells are drawn (the top-k search is most of the sampler's time)
+        codes = codes.index_put((unsure,), _draw(raw[unsure], temperature, top_k, top_p, generator))
     return codes.view(B, H, W)
