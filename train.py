@@ -460,7 +460,6 @@ class StopFlag:
 def main(argv=None):
     cfg, requested = parse_args(argv)
     ddp, rank, local_rank, world, device = utils.setup_distributed(cfg.device)
-    utils.allow_tf32(device)
     master = rank == 0
     cfg, ckpt = resolve_resume(cfg, requested, master)
     if master:

@@ -359,14 +359,6 @@ def compile_summary() -> str:
     return f"torch.compile: {graphs} graphs compiled, {breaks} graph breaks"
 
 
-def allow_tf32(device) -> None:
-    """On CUDA, let fp32 matrix products and convolutions (those outside autocast: the quantizer, the
-    losses) use TF32 tensor cores, as cuDNN convolutions already do by default."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
 def peak_memory_summary(device) -> str:
     """Peak CUDA memory of this process so far ('' on CPU): what a GPU user sizes batches by."""
     device = torch.device(device)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import format_config, opt, parse_config
-from utils import (Logger, allow_tf32, atomic_write_json, autocast_context, cleanup_distributed, compile_summary, get_rng_state,
+from utils import (Logger, atomic_write_json, autocast_context, cleanup_distributed, compile_summary, get_rng_state,
                    load_newest, peak_memory_summary, plain, resolve_precision, save_checkpoint, seed_everything,
                    set_rng_state, setup_distributed)
 from vq_vae.metrics import border_errors, build_lpips, check_lpips_weights, code_counts, codebook_stats, psnr, ssim
@@ -242,7 +242,6 @@ def main():
     t_program = time.time()
     cfg = parse_config(Config, description=__doc__)
     ddp, rank, local_rank, world, device = setup_distributed(cfg.device)
-    allow_tf32(device)
     master = rank == 0
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
