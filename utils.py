@@ -351,12 +351,17 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (first calls and recompiles)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def compile_summary() -> str:
     """What torch.compile did in this process: graphs compiled (first calls and recompiles) and graph breaks."""
     from torch._dynamo.utils import counters
-    graphs = counters["stats"]["unique_graphs"]
     breaks = sum(counters["graph_break"].values())
-    return f"torch.compile: {graphs} graphs compiled, {breaks} graph breaks"
+    return f"torch.compile: {compiled_graphs()} graphs compiled, {breaks} graph breaks"
 
 
 def peak_memory_summary(device) -> str:

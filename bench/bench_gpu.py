@@ -25,14 +25,10 @@ sys.path.insert(0, ROOT)
 
 import actions  # noqa: E402
 from bench.bench_live import world_model_args  # noqa: E402
+from utils import compiled_graphs as graphs  # noqa: E402
 
 K, GRID = 1024, (18, 32)
 TINY = {"embed_dim": 8, "hidden": 16, "layers": 2, "dilations": [1, 2], "action_hidden": 16, "idm_hidden": 8}
-
-
-def graphs():
-    from torch._dynamo.utils import counters
-    return counters["stats"]["unique_graphs"]
 
 
 def sync(device):
