@@ -7,8 +7,8 @@ Training: the config's model and precision (autocast; fp16 with a GradScaler), t
 step of train.py (Objective: corruption, rollout through the sampler, all losses, backward, clip,
 AdamW) at --batch x --window, teacher-forced (rollout 0) and with a 2-step rollout. Per variant:
 the first step's seconds (compilation), then the median of --steps timed steps in frames/s, and
-the number of graphs compiled. Play: the config's model in fp16 (what `live_inference.py --half`
-runs), one step with guidance 1.25 as in play, eager and compiled: 3 warm-up calls (compilation)
+the number of graphs compiled. Play: the config's model under fp16 autocast (what `live_inference.py
+--half` runs), one step with guidance 1.25 as in play, eager and compiled: 3 warm-up calls (compilation)
 and the median ms of --play_steps calls. Untrained weights: speed does not depend on them. --time_limit skips what would start after it and still writes the file.
 """
 import argparse
@@ -92,8 +92,6 @@ def play_figures(config, device, steps, mode, tiny):
     on_gpu = device.type == "cuda"
     env = WorldModelEnv(model, tokenizer=None, device=device, half=on_gpu, compile=mode == "compiled", seed=0,
                         guidance=1.25)
-    if on_gpu:
-        model.half()
     env.state = model.init_state(1, device)
     env.tokens = torch.randint(0, K, (1, *GRID), device=device)
     a = actions.make_action(yaw=0.3, move_z=1.0)
