@@ -520,16 +520,17 @@ class TokenWindowDataset(torch.utils.data.Dataset):
         state["_arrays"] = {}
         return state
 
-    def window_weights(self, power=1.0):
+    def window_weights(self, power=1.0, split_back=False):
         """[len(self)] float64 sampling weights that balance action categories (for a
         WeightedRandomSampler): each step gets a category from which components are active
-        (camera, move, jump, sprint/sneak); a window weighs the mean of 1/frequency of its steps'
-        categories, raised to `power` (0 = uniform). Normalised to mean 1."""
+        (camera, move, jump, sprint/sneak; split_back: walking back is a category of its own);
+        a window weighs the mean of 1/frequency of its steps' categories, raised to `power`
+        (0 = uniform). Normalised to mean 1."""
         cats = []
         for i in range(len(self.files)):
             a = np.asarray(self.arrays(i)[1])
-            cats.append(action_categories(a))
-        freq = np.bincount(np.concatenate(cats), minlength=16).astype(np.float64)
+            cats.append(action_categories(a, split_back))
+        freq = np.bincount(np.concatenate(cats), minlength=32).astype(np.float64)
         inv = np.where(freq > 0, freq.sum() / np.maximum(freq, 1), 0.0) ** power
         out = []
         for c, n in zip(cats, self.lengths):
@@ -544,11 +545,13 @@ class TokenWindowDataset(torch.utils.data.Dataset):
         return w / w.mean() if len(w) and w.mean() > 0 else w
 
 
-def action_categories(a: np.ndarray) -> np.ndarray:
-    """[T, 7] normalized actions -> [T] int category in 0..15 (bits: camera, move, jump, sprint/sneak)."""
+def action_categories(a: np.ndarray, split_back=False) -> np.ndarray:
+    """[T, 7] normalized actions -> [T] int category in 0..31 (bits: camera, move, jump, sprint/sneak,
+    and with split_back: walking back)."""
     A = act.A
     cam = (np.abs(a[:, A["yaw"]]) > 0.02) | (np.abs(a[:, A["pitch"]]) > 0.02)
     move = (np.abs(a[:, A["move_x"]]) > 0.25) | (np.abs(a[:, A["move_z"]]) > 0.25)
     jump = a[:, A["jump"]] > 0.5
     other = (a[:, A["sprint"]] > 0.5) | (a[:, A["sneak"]] > 0.5)
-    return (cam * 1 + move * 2 + jump * 4 + other * 8).astype(np.int64)
+    back = (a[:, A["move_z"]] < -0.25) if split_back else np.zeros(len(a), bool)
+    return (cam * 1 + move * 2 + jump * 4 + other * 8 + back * 16).astype(np.int64)

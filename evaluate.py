@@ -419,6 +419,8 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
             own = M.mean_abs_diff(pa, ta) + M.mean_abs_diff(pb, tb)
             swapped = M.mean_abs_diff(pa, tb) + M.mean_abs_diff(pb, ta)
             sb[f"{a}_vs_{b}_assignment_accuracy"] = float((own < swapped).mean())
+            # (episode, step) items where the two rollouts are the same picture score as wrong: no response
+            sb[f"{a}_vs_{b}_identical_fraction"] = float((M.mean_abs_diff(pa, pb) == 0).mean())
         res["sandbox"] = sb
         parts.append(M.direction_skill(sb["forward_vs_back_assignment_accuracy"]))
     res["controllability"] = float(np.mean(parts))

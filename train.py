@@ -70,6 +70,7 @@ class TrainConfig:
     batch_size: int = opt(16, "windows per step per process")
     window: int = opt(12, "frames per training window (teacher-forced + rollout + 1)")
     action_balanced: float = opt(0.0, "action-balanced window sampling power (0 = uniform, 1 = inverse frequency)")
+    balance_back: bool = opt(False, "action_balanced counts walking back (S) as a category of its own, apart from forward")
     # optimisation
     lr: float = opt(2e-3, "peak learning rate")
     min_lr: float = opt(2e-4, "final learning rate of the cosine decay")
@@ -514,7 +515,7 @@ def main(argv=None):
     runner = objective
     if ddp:
         runner = nn.parallel.DistributedDataParallel(objective, device_ids=[local_rank] if device.type == "cuda" else None)
-    weights = train_ds.window_weights(cfg.action_balanced) if cfg.action_balanced > 0 else None
+    weights = train_ds.window_weights(cfg.action_balanced, cfg.balance_back) if cfg.action_balanced > 0 else None
     logger = utils.Logger(cfg.out, cfg.wandb, cfg.wandb_project, cfg.run_name or None, dataclasses.asdict(cfg), master)
     stop = StopFlag()
     if master:

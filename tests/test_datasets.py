@@ -114,6 +114,14 @@ def test_window_weights_balance_categories(token_dir):
     assert len(list(sampler)) == 8
 
 
+def test_window_weights_can_split_walking_back_from_forward():
+    a = np.zeros((8, 7), np.float32)
+    a[:6, actions.A["move_z"]], a[6:, actions.A["move_z"]] = 1.0, -1.0          # 6 steps forward, 2 back
+    assert len(set(datasets.action_categories(a))) == 1
+    cats = datasets.action_categories(a, split_back=True)
+    assert cats[0] == cats[5] != cats[6] == cats[7]
+
+
 def test_dataloader_workers(token_dir):
     ds = datasets.TokenWindowDataset(token_dir, window=3, split="all")
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, shuffle=True)
