@@ -140,7 +140,7 @@ def headline(report, horizons):
                "pitch_direction_accuracy": cf["pitch_direction_accuracy"], "action_response": cf["action_response"]})
     if "sandbox" in cf:
         hl["ws_assignment_accuracy"] = cf["sandbox"]["forward_vs_back_assignment_accuracy"]
-        if "forward_vs_back_identical_fraction" in cf["sandbox"]:  # pairs scored wrong for not responding at all
+        if "forward_vs_back_identical_fraction" in cf["sandbox"]:  # items scored wrong for not responding at all
             hl["ws_identical_fraction"] = cf["sandbox"]["forward_vs_back_identical_fraction"]
         if "truth_mean_dx_yaw_right_minus_left" in cf["sandbox"]:  # 1 = the view turns as far as the truth's
             for name, mine, truth in (("yaw", "mean_dx_yaw_right_minus_left", "truth_mean_dx_yaw_right_minus_left"),
