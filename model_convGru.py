@@ -87,6 +87,9 @@ class WorldModelConfig:
                                 # it can trust real frames more (0 = told nothing: samples pass as clean)
     anchored_motion: bool = False  # the camera motion is measured from the no-action motion, so an idle
                                    # step moves nothing (the copy then keeps each cell exactly)
+    odd_motion: bool = False  # the camera motion is odd in the action: m(a) = (f(a) - f(-a)) / 2, so S moves the
+                              # view exactly opposite to W (zoom out where W zooms in), left opposite to right,
+                              # and an idle step moves nothing, in the state warp as well as in the copy
     head: str = "linear"      # "linear": free per-code weights; "codebook": similarity to the tokenizer's codes
     code_dim: int = 0         # size of the tokenizer's code vectors (head "codebook"; from the tokenizer)
 
@@ -388,10 +391,14 @@ class WorldModel(nn.Module):
 
     def _raw_motion(self, cond, need_idle):
         """The motion head on cond, and (if need_idle) on cond with the action zeroed: (raw, raw or None)."""
+        A = self.cfg.action_dim
+        if self.cfg.odd_motion:  # one pass over the action and its negation
+            both = self.shift(torch.cat([cond, torch.cat([-cond[:, :A], cond[:, A:]], 1)])).float()
+            free = 0.5 * (both[:len(cond)] - both[len(cond):])
+            return free, (torch.zeros_like(free) if need_idle else None)
         free = self.shift(cond).float()
         if not need_idle:
             return free, None
-        A = self.cfg.action_dim
         return free, self.shift(torch.cat([torch.zeros_like(cond[:, :A]), cond[:, A:]], 1)).float()
 
     def _bound_motion(self, raw):

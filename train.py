@@ -63,6 +63,7 @@ class TrainConfig:
     sampled_level: float = opt(0.0, "corruption level the model is told when its input is its own sample (training rollouts, evaluation, play); 0 = told nothing")
     copy_motion: str = opt("learned", "copy prior: 'learned' lets the copy term train the camera motion, 'shift' only its shift (not the zoom), 'detached' only reads the motion the state warp learns, 'nearest' reads it and copies the single nearest source cell, 'anchored' reads it minus the no-action motion (idle steps copy exactly; the warp is unchanged)")
     anchored_motion: bool = opt(False, "the learned camera motion is taken relative to the no-action motion, so idle steps move nothing")
+    odd_motion: bool = opt(False, "the learned camera motion is odd in the action (S moves the view opposite to W, idle moves nothing), in the state warp and the copy")
     head: str = opt("linear", "linear | codebook: logits from the similarity to the tokenizer's frozen code vectors")
     action_hidden: int = opt(128, "action/conditioning MLP width")
     idm_hidden: int = opt(64, "inverse-dynamics head width")
@@ -121,7 +122,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "copy_edges", "copy_zoom", "shift_gain", "sampled_level", "anchored_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "copy_edges", "copy_zoom", "shift_gain", "sampled_level", "anchored_motion", "odd_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}

@@ -234,6 +234,29 @@ def test_anchored_motion_is_zero_without_an_action():
     assert torch.equal(pred, tokens[:, 0])
 
 
+def test_odd_motion_reverses_with_the_action():
+    """odd_motion: with a random motion head (biases included), the negated action moves the view
+    exactly the other way (S zooms out as far as W zooms in), and no action moves nothing."""
+    m = moving(copy_prior=True, zoom_range=0.2, odd_motion=True).eval()
+    with torch.no_grad():
+        m.shift[-1].bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
+        a = torch.randn(4, A, generator=torch.Generator().manual_seed(7))
+        d, zoom = m.camera_motion(m.cond_vector(a, torch.ones(4), torch.zeros(4)))
+        d_neg, zoom_neg = m.camera_motion(m.cond_vector(-a, torch.ones(4), torch.zeros(4)))
+        assert d.abs().min() > 1e-4 and zoom.abs().min() > 1e-4
+        assert torch.allclose(d_neg, -d, atol=1e-6) and torch.allclose(zoom_neg, -zoom, atol=1e-6)
+        d0, zoom0 = m.camera_motion(m.cond_vector(torch.zeros(4, A), torch.ones(4), torch.rand(4)))
+        assert torch.equal(d0, torch.zeros_like(d0)) and torch.equal(zoom0, torch.zeros_like(zoom0))
+        plain = moving(copy_prior=True, zoom_range=0.2).eval()
+        plain.shift[-1].bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(6))
+        d, _ = plain.camera_motion(plain.cond_vector(a, torch.ones(4), torch.zeros(4)))
+        d_neg, _ = plain.camera_motion(plain.cond_vector(-a, torch.ones(4), torch.zeros(4)))
+        assert not torch.allclose(d_neg, -d, atol=1e-3)  # without the switch the head is not odd
+        tokens, _ = batch(T=2)
+        pred = m(tokens, torch.zeros(2, 1, A)).argmax(2)[:, 0]
+    assert torch.equal(pred, tokens[:, 0])  # idle: the copy prior keeps every cell
+
+
 def test_copy_sources_match_warp():
     from model_convGru import copy_sources, warp
     g = torch.Generator().manual_seed(0)
