@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import actions as act
 import eval_metrics as M
 from config import format_config, opt, parse_config
-from sampling import KEEP_ABOVE, Sampler
+from sampling import GUIDANCE, KEEP_ABOVE, Sampler
 from eval_report import finite_or_none, fmt, headline, plot_all, write_markdown, write_video
 from utils import BadFile, atomic_torch_save, atomic_write_json, resolve_device, seed_everything, usable_guidance
 
@@ -48,7 +48,7 @@ class Config:
     top_k: int = opt(50, "top-k of the rollout sampler (0 = off)")
     top_p: float = opt(1.0, "top-p of the rollout sampler (1 = off)")
     keep_above: float = opt(KEEP_ABOVE, "rollout sampler: a cell whose most likely code has at least this probability takes it (1 = off)")
-    guidance: float = opt(1.25, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
+    guidance: float = opt(GUIDANCE, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
                                 "models trained without action dropout always run at 1)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
     collapse_episodes: int = opt(1, "episodes of the collapse test (each runs once per decoding rule)")

@@ -28,7 +28,7 @@ import torch
 
 import actions
 from config import format_config, opt, parse_config
-from sampling import KEEP_ABOVE, Sampler
+from sampling import GUIDANCE, KEEP_ABOVE, Sampler
 from utils import (BadFile, atomic_write_json, autocast_context, check_file, compile_summary, cpu_has_fast_bf16, file_hash, load_json,
                    peak_memory_summary, resolve_device, usable_guidance)
 
@@ -63,7 +63,7 @@ class Config:
     keep_above: float = opt(KEEP_ABOVE, "a cell whose most likely code has at least this probability takes it, "
                                         "the others are sampled; 1.0 = sample every cell")
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
-    guidance: float = opt(1.25, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame "
+    guidance: float = opt(GUIDANCE, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame "
                                 "(1 = off; models trained without action dropout always run at 1)")
     sensitivity: float = opt(0.15, "mouse look, camera degrees per pixel")
     arrow_speed: float = opt(5.0, "arrow-key look, camera degrees per tick")

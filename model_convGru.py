@@ -81,6 +81,8 @@ class WorldModelConfig:
     copy_zoom: float = 0.0    # copy_shifts: two more moved-copy candidates, the frame zoomed in and out about its
                               # centre by whole cells (the outermost cells move this many cells; 0 = none), for
                               # walking forward and back, which the shifts cannot show
+    action_gain: float = 1.0  # the action enters the stem and the FiLM conditioning scaled by this (the camera motion
+                              # head keeps gain 1): a faster-learning response of the drawn content to the action
     shift_gain: float = 1.0   # copy_shifts: the conditioning (action) enters the shift choice scaled by this, so that
                               # with Adam's bounded steps a short run can learn a sharp choice of shift from the action
     sampled_level: float = 0.0  # corruption level the model is told when its input is its own sample, so
@@ -430,7 +432,9 @@ class WorldModel(nn.Module):
             corruption = corruption[:, None].expand(B, T)
         cond = self.cond_vector(actions, present, corruption).reshape(N, self.cond_dim)  # (N, A+2)
         e = self.embed_tokens(tokens.reshape(N, H, W))                                     # (N, E, h, w)
-        planes = cond[:, :, None, None].expand(N, self.cond_dim, H, W)
+        film_cond = cond if self.cfg.action_gain == 1.0 else torch.cat(
+            [self.cfg.action_gain * cond[:, :self.cfg.action_dim], cond[:, self.cfg.action_dim:]], 1)
+        planes = film_cond[:, :, None, None].expand(N, self.cond_dim, H, W)
         inputs = [e, planes.to(e.dtype)]
         if self.moves:
             anchor_copy = self.cfg.copy_prior and self.cfg.copy_motion.startswith("anchored")
@@ -442,7 +446,7 @@ class WorldModel(nn.Module):
         skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
-        film = self.cond_mlp(cond).view(N, len(self.cells), 2, 3 * C)                       # (N, L, 2, 3C)
+        film = self.cond_mlp(film_cond).view(N, len(self.cells), 2, 3 * C)                       # (N, L, 2, 3C)
         new_state = []
         for i, cell in enumerate(self.cells):
             gx = cell.input_gates(x, film[:, i, 0], film[:, i, 1])                          # (N, 3C, h', w')

@@ -96,6 +96,7 @@ class TrainConfig:
     idm_weight: float = opt(0.5, "inverse-dynamics loss on true frame pairs")
     copy_edges: str = opt("repeat", "with copy_shifts: a cell whose shifted source lies outside the frame (content coming into view) copies the edge code ('repeat'), or that share of the moved mass goes to the head ('generate')")
     copy_zoom: float = opt(0.0, "with copy_shifts: add the frame zoomed in and out about its centre by whole cells as moved-copy candidates (the outermost cells move this many cells; 0 = off): walking forward and back")
+    action_gain: float = opt(1.0, "scale of the action's input to the stem and the FiLM conditioning (how fast, under Adam, what the model draws can learn to follow the action; the camera motion head keeps 1)")
     shift_gain: float = opt(1.0, "with copy_shifts: scale of the action's input to the learned shift choice (how fast, under Adam, that choice can learn to follow the action)")
     shift_weight: float = opt(0.0, "with copy_shifts: cross-entropy of each frame's shift choice against the whole-cell shift that keeps the most of the true next frame's codes (teacher-forced frames)")
     idm_pred_weight: float = opt(0.5, "inverse-dynamics loss on (frame t, predicted t+1): predictions must show the action")
@@ -122,7 +123,7 @@ class TrainConfig:
 
 
 MODEL_KEYS = ("embed_dim", "hidden", "layers", "kernel", "dilations", "downsample", "separable",
-              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "copy_edges", "copy_zoom", "shift_gain", "sampled_level", "anchored_motion", "odd_motion", "head")
+              "groups_per_gate", "action_hidden", "idm_hidden", "shift_radius", "zoom_range", "copy_prior", "copy_motion", "copy_mixture", "copy_shifts", "copy_edges", "copy_zoom", "action_gain", "shift_gain", "sampled_level", "anchored_motion", "odd_motion", "head")
 # keys that may differ on --resume without changing what is being trained (reported, not refused)
 RESUME_SAFE = {"resume", "stop_after", "time_budget_s", "log_every", "eval_every", "eval_batch", "strip_every",
                "ckpt_every", "keep", "wandb", "wandb_project", "run_name", "device", "data", "out", "tokenizer"}

@@ -257,6 +257,28 @@ def test_odd_motion_reverses_with_the_action():
     assert torch.equal(pred, tokens[:, 0])  # idle: the copy prior keeps every cell
 
 
+def test_action_gain_scales_the_action_into_the_stem_and_film_only():
+    """action_gain g: the same model as gain 1 with the stem's action channels and the FiLM MLP's
+    action inputs weighted g times; the camera motion head is unchanged."""
+    E = 16
+    tokens, actions = batch(T=3)
+    m = moving(copy_prior=True, action_gain=10.0).eval()
+    plain = moving(copy_prior=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(m.camera_motion(m.cond_vector(actions[:, 0]))[0],
+                              plain.camera_motion(plain.cond_vector(actions[:, 0]))[0])
+        # a non-zero head, so the action reaches the logits
+        for mod in (m, plain):
+            mod.to_logits.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+        before = plain(tokens, actions)
+        plain.stem[0].weight[:, 2 * E:2 * E + A] *= 10.0
+        plain.cond_mlp[0].weight[:, :A] *= 10.0
+        after = plain(tokens, actions)
+        gained = m(tokens, actions)
+    assert not torch.allclose(before, gained, atol=1e-3)
+    assert torch.allclose(after, gained, atol=1e-4)
+
+
 def test_copy_sources_match_warp():
     from model_convGru import copy_sources, warp
     g = torch.Generator().manual_seed(0)
