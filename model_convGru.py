@@ -446,7 +446,7 @@ class WorldModel(nn.Module):
         skip = self.stem(torch.cat(inputs, dim=1))                                          # (N, C, h, w)
         x = self.down(skip)                                                                 # (N, C, h', w')
         C = self.cfg.hidden
-        film = self.cond_mlp(film_cond).view(N, len(self.cells), 2, 3 * C)                       # (N, L, 2, 3C)
+        film = self.cond_mlp(film_cond).view(N, len(self.cells), 2, 3 * C)                  # (N, L, 2, 3C)
         new_state = []
         for i, cell in enumerate(self.cells):
             gx = cell.input_gates(x, film[:, i, 0], film[:, i, 1])                          # (N, 3C, h', w')

@@ -8,7 +8,7 @@ step of train.py (Objective: corruption, rollout through the sampler, all losses
 AdamW) at --batch x --window, teacher-forced (rollout 0) and with a 2-step rollout. Per variant:
 the first step's seconds (compilation), then the median of --steps timed steps in frames/s, and
 the number of graphs compiled. Play: the config's model under fp16 autocast (what `live_inference.py
---half` runs), one step with guidance 1.25 as in play, eager and compiled: 3 warm-up calls (compilation)
+--half` runs), one guided step as in play (sampling.GUIDANCE), eager and compiled: 3 warm-up calls (compilation)
 and the median ms of --play_steps calls. Untrained weights: speed does not depend on them. --time_limit skips what would start after it and still writes the file.
 """
 import argparse
@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 import actions  # noqa: E402
 from bench.bench_live import world_model_args  # noqa: E402
+from sampling import GUIDANCE  # noqa: E402
 from utils import compiled_graphs as graphs  # noqa: E402
 
 K, GRID = 1024, (18, 32)
@@ -83,7 +84,7 @@ def train_figures(config, device, batch, window, steps, compile, tiny):
 
 
 def play_figures(config, device, steps, mode, tiny):
-    """Warm-up (3 calls: compilation) and median ms of the play step (model only, fp16 on CUDA), guidance 1.25."""
+    """Warm-up (3 calls: compilation) and median ms of the play step (model only, fp16 on CUDA), guided as in play."""
     from live_inference import WorldModelEnv
     from model_convGru import WorldModel, WorldModelConfig
     args = world_model_args(TINY if tiny else None, yaml_path=f"configs/{config}.yaml")
@@ -91,7 +92,7 @@ def play_figures(config, device, steps, mode, tiny):
     model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=actions.ACTION_DIM, **args)).eval().to(device)
     on_gpu = device.type == "cuda"
     env = WorldModelEnv(model, tokenizer=None, device=device, half=on_gpu, compile=mode == "compiled", seed=0,
-                        guidance=1.25)
+                        guidance=GUIDANCE)
     env.state = model.init_state(1, device)
     env.tokens = torch.randint(0, K, (1, *GRID), device=device)
     a = actions.make_action(yaw=0.3, move_z=1.0)

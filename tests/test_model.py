@@ -260,10 +260,10 @@ def test_odd_motion_reverses_with_the_action():
 def test_action_gain_scales_the_action_into_the_stem_and_film_only():
     """action_gain g: the same model as gain 1 with the stem's action channels and the FiLM MLP's
     action inputs weighted g times; the camera motion head is unchanged."""
-    E = 16
     tokens, actions = batch(T=3)
     m = moving(copy_prior=True, action_gain=10.0).eval()
     plain = moving(copy_prior=True).eval()
+    E = plain.cfg.embed_dim
     with torch.no_grad():
         assert torch.allclose(m.camera_motion(m.cond_vector(actions[:, 0]))[0],
                               plain.camera_motion(plain.cond_vector(actions[:, 0]))[0])
