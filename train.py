@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import utils
 import validation
 from config import ConfigError, apply_overrides, build_parser, config_from_dict, format_config, load_yaml, opt
-from model_convGru import WorldModel, WorldModelConfig, shift_labels
+from model_convGru import Mixture, WorldModel, WorldModelConfig, shift_labels
 from sampling import Sampler
 
 
@@ -266,6 +266,8 @@ class Objective(nn.Module):
         self.model, self.cfg = model, cfg
         self.sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
         self.tokenizer = tokenizer  # plain object, not a submodule: frozen, never in the state dict
+        # the copy mixture's loss is taken at the target codes only (Mixture.nll): the same value, less work
+        self.mixture_loss = model.cfg.copy_prior and model.cfg.copy_mixture
         # compiled for training only (validation runs eager). Static shapes: the time loop is
         # unrolled, so every sequence length is its own graph anyway, and the curriculum has few
         self.forward_sequence, self.step = model.forward_sequence, model.step
@@ -280,12 +282,13 @@ class Objective(nn.Module):
             except Exception as e:  # weights are downloaded on first use; no internet -> say so now
                 raise SystemExit(f"train.py: --perceptual lpips unavailable ({e}); use --perceptual l1")
 
-    def predict(self, tokens, actions, rollout, aux=None):
+    def predict(self, tokens, actions, rollout, aux=None, parts=False):
         """Logits for frames 1..W-1 of a window: teacher-forced on (corrupted) frames 0..T0-1, then
         `rollout` steps fed with the model's own samples. Frame t+1 is never an input for predicting
         frame t+1, and frames T0..W-1 are never inputs at all. tokens [B, W, h, w], actions [B, W-1, A]
         -> logits_tf [B, T0, K, h, w], logits_ro [B, R, K, h, w] (or None), present [B, W-1].
-        aux (a dict) receives the teacher-forced frames' "shift_logits" [B, T0, S] (copy_shifts)."""
+        aux (a dict) receives the teacher-forced frames' "shift_logits" [B, T0, S] (copy_shifts).
+        parts (copy_mixture): Mixtures with fields [B, T0 or R, h, w, ...] instead of the logits."""
         cfg, m = self.cfg, self.model
         B, W = tokens.shape[:2]
         T0 = W - 1 - rollout                                          # teacher-forced input frames
@@ -299,23 +302,33 @@ class Objective(nn.Module):
             # contiguous: a slice's strides depend on T0, and each new stride would be a recompile
             out = {} if aux is not None else None
             logits, state = self.forward_sequence(context[:, s:e].contiguous(), actions[:, s:e], state,
-                                                  present[:, s:e], level, aux=out)
+                                                  present[:, s:e], level, aux=out, parts=parts)
             chunks.append(logits)
             if out and "shift_logits" in out:
                 shifts.append(out["shift_logits"])
-        logits_tf = torch.cat(chunks, dim=1)                          # (B, T0, K, h, w)
+        logits_tf = Mixture.cat(chunks, 1) if parts else torch.cat(chunks, dim=1)  # (B, T0, K, h, w)
         if shifts:
             aux["shift_logits"] = torch.cat(shifts, dim=1)            # (B, T0, S)
-        preds, prev = [], logits_tf[:, -1]
+        preds, prev = [], logits_tf.map(lambda x: x[:, -1]) if parts else logits_tf[:, -1]
         sampled = torch.full((B,), m.cfg.sampled_level, device=tokens.device)  # the inputs below are samples
         for r in range(rollout):                                      # feed back the model's own samples
             t = T0 + r
             if r % cfg.bptt == 0:
                 state = tuple(h.detach() for h in state)
-            frame = self.sampler(prev.detach())                       # (B, h, w): its sample of frame t
-            prev, state = self.step(frame, actions[:, t], state, present[:, t], sampled)
+            if parts:
+                with torch.no_grad():
+                    full = prev.map(lambda x: x.detach()).log_probs().permute(0, 3, 1, 2)  # (B, K, h, w)
+            else:
+                full = prev.detach()
+            frame = self.sampler(full)                                # (B, h, w): its sample of frame t
+            prev, state = self.step(frame, actions[:, t], state, present[:, t], sampled, parts=parts)
             preds.append(prev)
-        logits_ro = torch.stack(preds, dim=1) if rollout else None   # (B, R, K, h, w)
+        if not rollout:
+            logits_ro = None
+        elif parts:
+            logits_ro = Mixture.cat([p.map(lambda x: x[:, None]) for p in preds], 1)
+        else:
+            logits_ro = torch.stack(preds, dim=1)                     # (B, R, K, h, w)
         return logits_tf, logits_ro, present
 
     def forward(self, tokens, actions, rollout):
@@ -323,15 +336,16 @@ class Objective(nn.Module):
         B, W, H, Wd = tokens.shape
         T0 = W - 1 - rollout
         aux = {} if cfg.shift_weight > 0 and m.cfg.copy_shifts > 0 else None
-        logits_tf, logits_ro, present = self.predict(tokens, actions, rollout, aux)
-        ce_tf = code_cross_entropy(logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing)
-        all_logits = logits_tf
+        parts = self.mixture_loss and cfg.label_smoothing == 0 and cfg.perceptual == "off"
+        logits_tf, logits_ro, present = self.predict(tokens, actions, rollout, aux, parts)
+        ce_tf = logits_tf.nll(tokens[:, 1:T0 + 1]) if parts else code_cross_entropy(
+            logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing)
         stats = {"loss/ce_tf": ce_tf.detach()}
         ce = ce_tf
         if rollout:
-            ce_ro = code_cross_entropy(logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing)
+            ce_ro = logits_ro.nll(tokens[:, T0 + 1:]) if parts else code_cross_entropy(
+                logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing)
             ce = (ce_tf * T0 + ce_ro * rollout) / (T0 + rollout)
-            all_logits = torch.cat([logits_tf, logits_ro], dim=1)     # (B, W-1, K, h, w)
             stats["loss/ce_rollout"] = ce_ro.detach()
             stats["loss/rollout_gap"] = (ce_ro - ce_tf).detach()
         # inverse dynamics on true pairs, and on (true frame t, predicted t+1) where the action was given
@@ -340,8 +354,18 @@ class Objective(nn.Module):
         idm = F.mse_loss(a_true.float(), actions)
         # on a uniform random subset of predicted frames: the soft embedding costs a K-wide matmul per cell
         pick = torch.randperm(B * (W - 1), device=tokens.device)[:cfg.idm_pred_frames]
-        a_pred = m.inverse_dynamics(emb[:, :-1].flatten(0, 1)[pick].detach(),
-                                    m.soft_embed(all_logits.flatten(0, 1)[pick]))
+        if parts:  # the picked frames' mixtures, teacher-forced ones first (the loss is a mean: order is free)
+            b, t = pick // (W - 1), pick % (W - 1)
+            tf = t < T0
+            pick = torch.cat([pick[tf], pick[~tf]])
+            chosen = [logits_tf.map(lambda x: x[b[tf], t[tf]])]
+            if rollout:
+                chosen.append(logits_ro.map(lambda x: x[b[~tf], t[~tf] - T0]))
+            picked = Mixture.cat(chosen, 0).log_probs().permute(0, 3, 1, 2)  # (n, K, h, w)
+        else:
+            all_logits = logits_tf if not rollout else torch.cat([logits_tf, logits_ro], dim=1)  # (B, W-1, K, h, w)
+            picked = all_logits.flatten(0, 1)[pick]
+        a_pred = m.inverse_dynamics(emb[:, :-1].flatten(0, 1)[pick].detach(), m.soft_embed(picked))
         keep = present.flatten()[pick]
         err = ((a_pred.float() - actions.flatten(0, 1)[pick]) ** 2).mean(-1)
         idm_pred = (err * keep).sum() / keep.sum().clamp(min=1)

@@ -4,6 +4,7 @@ of a full training step (forward, CE + inverse-dynamics losses, backward, clip, 
     python -m bench.bench_train          # full
     python -m bench.bench_train --quick  # fewer repeats
     python -m bench.bench_train --compile-only [--quick]  # only eager vs torch.compile
+    python -m bench.bench_train --mixture-loss   # only the copy mixture's loss at the targets vs mixed in full
 
 Variants at hidden 128 x 3 layers isolate what makes the cell fast:
 - "per-step" runs every time step through the whole cell (both convs per step, like a plain
@@ -61,6 +62,43 @@ def measure_objective(name, cfg, rollout, repeats):
     one()
     times = [one() for _ in range(repeats)]
     return summarize(name, times, cfg.batch_size, cfg.window - 1, model, dict(vars(cfg)), False, cfg.channels_last)
+
+
+def measure_mixture_loss(cfg, rounds=5):
+    """The quickstart step with the copy mixture's loss taken at the target codes (Mixture.nll, what
+    train.py does) against mixing every code and taking the cross-entropy, in interleaved rounds,
+    teacher-forced and with the curriculum's longest rollout."""
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=A, **{k: getattr(cfg, k) for k in MODEL_KEYS}))
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    objective = Objective(model, cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID))
+    tokens[:, 1:, :, :16] = tokens[:, :-1, :, :16]
+    actions = torch.randn(cfg.batch_size, cfg.window - 1, A)
+    last = max(int(item.split(":")[1]) for item in cfg.rollout_schedule)
+
+    def one(fast, rollout):
+        objective.mixture_loss = fast
+        t0 = time.perf_counter()
+        loss, _ = objective(tokens, actions, rollout)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+    results = {}
+    for rollout in sorted({0, last}):
+        one(True, rollout), one(False, rollout)
+        times = {True: [], False: []}
+        for _ in range(rounds):
+            for fast in (True, False):
+                times[fast].append(one(fast, rollout))
+        at_targets, full = statistics.median(times[True]), statistics.median(times[False])
+        print(f"quickstart step, rollout {rollout}: loss at the targets {at_targets:.2f} s, mixed in full "
+              f"{full:.2f} s ({full / at_targets:.2f}x; medians of {rounds} interleaved rounds)", flush=True)
+        results[rollout] = {"at_targets_s": at_targets, "full_s": full}
+    return results
 
 
 def measure_compile(cfg, rounds):
@@ -154,7 +192,9 @@ def summarize(name, times, batch, steps, model, args, per_step, channels_last):
     return row
 
 
-def run(quick=False, compile_only=False):
+def run(quick=False, compile_only=False, mixture_loss=False):
+    if mixture_loss:
+        return {"mixture_loss": measure_mixture_loss(quickstart_config())}
     if compile_only:
         return {"compile": measure_compile(quickstart_config(), 3 if quick else 8)}
     repeats = 1 if quick else 2
@@ -188,4 +228,4 @@ def run(quick=False, compile_only=False):
 
 
 if __name__ == "__main__":
-    run(quick="--quick" in sys.argv, compile_only="--compile-only" in sys.argv)
+    run(quick="--quick" in sys.argv, compile_only="--compile-only" in sys.argv, mixture_loss="--mixture-loss" in sys.argv)

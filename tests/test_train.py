@@ -180,6 +180,41 @@ def test_training_inputs_never_contain_future_frames():
                 torch.testing.assert_close(ro2, ro, rtol=0, atol=0)
 
 
+def test_copy_mixture_loss_at_the_targets_equals_the_cross_entropy_of_the_mixture():
+    """Training takes the copy mixture's loss at the target codes only (Mixture.nll): the same loss,
+    gradients and rollout samples as mixing every code and taking the cross-entropy."""
+    obj = tiny_objective(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_edges="generate",
+                         copy_motion="anchored_shift", idm_pred_frames=5, shift_weight=0.5)
+    with torch.no_grad():
+        for p in obj.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (3, 7, *GRID), generator=g)
+    tokens[:, 1:, :, :4] = tokens[:, :-1, :, :4]  # some cells keep their code: the copy terms carry mass
+    actions = torch.randn(3, 6, len(ACTION_NAMES), generator=g)
+    for rollout in (0, 2):
+        results = []
+        for fast in (False, True):
+            obj.mixture_loss = fast
+            torch.manual_seed(1)
+            loss, stats = obj(tokens, actions, rollout)
+            obj.model.zero_grad()
+            loss.backward()
+            results.append((stats, [p.grad.clone() for p in obj.model.parameters()]))
+        (slow, g_slow), (fast, g_fast) = results
+        assert fast["loss/ce"] > 0.5
+        for k in slow:
+            torch.testing.assert_close(fast[k], slow[k], rtol=1e-5, atol=1e-6)
+        scale = max(b.abs().max() for b in g_slow)  # float rounding, relative to the largest gradient
+        assert scale > 0 and all((a - b).abs().max() <= 1e-5 * scale for a, b in zip(g_fast, g_slow))
+        torch.manual_seed(1)
+        _, parts_ro, _ = obj.predict(tokens, actions, rollout, parts=True)
+        torch.manual_seed(1)
+        _, full_ro, _ = obj.predict(tokens, actions, rollout)
+        if rollout:  # the same samples were fed back
+            torch.testing.assert_close(parts_ro.log_probs(), full_ro.permute(0, 1, 3, 4, 2), rtol=0, atol=1e-6)
+
+
 class SoftDecodeStub:
     """A differentiable stand-in for the tokenizer's decode_soft (probs -> image in [-1, 1])."""
 
@@ -350,3 +385,4 @@ def test_shift_loss_trains_the_shift_choice():
         grad = obj.model.shift_choice.weight.grad
         assert ("loss/shift" in stats) == (weight > 0)
         assert (grad is not None and grad.abs().sum() > 1e-6) == (weight > 0)
+
