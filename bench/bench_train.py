@@ -40,16 +40,24 @@ def quickstart_config():
         return TrainConfig(**yaml.safe_load(f))
 
 
-def measure_objective(name, cfg, rollout, repeats):
-    """The real training step of train.py (corruption, rollout, all losses) at cfg's sizes."""
-    torch.manual_seed(0)
+def build_objective(cfg):
+    """train.py's Objective around a fresh model of cfg's sizes, and its optimizer."""
     model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=A, **{k: getattr(cfg, k) for k in MODEL_KEYS}))
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    objective = Objective(model, cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID))
-    actions = torch.randn(cfg.batch_size, cfg.window - 1, A)
+    return model, Objective(model, cfg), torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def random_batch(cfg):
+    """Random tokens [B, window, h, w] and actions [B, window - 1, A] at cfg's batch and window."""
+    return torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID)), torch.randn(cfg.batch_size, cfg.window - 1, A)
+
+
+def measure_objective(name, cfg, rollout, repeats):
+    """The real training step of train.py (corruption, rollout, all losses) at cfg's sizes."""
+    torch.manual_seed(0)
+    model, objective, opt = build_objective(cfg)
+    tokens, actions = random_batch(cfg)
 
     def one():
         t0, c0 = time.perf_counter(), time.process_time()
@@ -69,14 +77,9 @@ def measure_mixture_loss(cfg, rounds=5):
     train.py does) against mixing every code and taking the cross-entropy, in interleaved rounds,
     teacher-forced and with the curriculum's longest rollout."""
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=A, **{k: getattr(cfg, k) for k in MODEL_KEYS}))
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    objective = Objective(model, cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID))
-    tokens[:, 1:, :, :16] = tokens[:, :-1, :, :16]
-    actions = torch.randn(cfg.batch_size, cfg.window - 1, A)
+    model, objective, opt = build_objective(cfg)
+    tokens, actions = random_batch(cfg)
+    tokens[:, 1:, :, :16] = tokens[:, :-1, :, :16]  # some cells keep their code: the copy terms carry mass
     last = max(int(item.split(":")[1]) for item in cfg.rollout_schedule)
 
     def one(fast, rollout):
@@ -107,17 +110,11 @@ def measure_compile(cfg, rounds):
     (compilation) is reported separately."""
     import dataclasses
     torch.manual_seed(0)
-    margs = {k: getattr(cfg, k) for k in MODEL_KEYS}
-    tokens = torch.randint(0, K, (cfg.batch_size, cfg.window, *GRID))
-    actions = torch.randn(cfg.batch_size, cfg.window - 1, A)
+    tokens, actions = random_batch(cfg)
     runs = {}
     for name, compile in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
-        model = WorldModel(WorldModelConfig(codebook_size=K, grid=GRID, action_dim=A, **margs))
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        objective = Objective(model, dataclasses.replace(cfg, compile=compile))
-        runs[name] = (model, objective, torch.optim.AdamW(model.parameters(), lr=1e-3))
+        runs[name] = build_objective(dataclasses.replace(cfg, compile=compile))
 
     def one(name):
         model, objective, opt = runs[name]

@@ -385,4 +385,3 @@ def test_shift_loss_trains_the_shift_choice():
         grad = obj.model.shift_choice.weight.grad
         assert ("loss/shift" in stats) == (weight > 0)
         assert (grad is not None and grad.abs().sum() > 1e-6) == (weight > 0)
-
