@@ -64,10 +64,12 @@ def run_stage(i, name, marker, cmd):
 
 
 # Which way is better, for the headline numbers where that is clear (the rest are diagnostics).
-HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "tf_argmax_decoded_psnr_pooled", "psnr@1", "psnr_pooled@1", "psnr_pooled@16", "psnr@16", "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_pooled_video@16", "psnr_sandbox@16",
+HIGHER_IS_BETTER = ("tf_accuracy", "tf_argmax_decoded_psnr", "tf_argmax_decoded_psnr_pooled", "tf_accuracy_guided",
+                    "tf_argmax_decoded_psnr_pooled_guided", "psnr@1", "psnr_pooled@1", "psnr_pooled@16", "psnr@16",
+                    "ssim@16", "psnr@32", "ssim@32", "psnr_video@16", "psnr_pooled_video@16", "psnr_sandbox@16",
                     "code_diversity_match", "controllability", "yaw_direction_accuracy", "pitch_direction_accuracy",
                     "action_response", "ws_assignment_accuracy")
-LOWER_IS_BETTER = ("tf_cross_entropy",)
+LOWER_IS_BETTER = ("tf_cross_entropy", "tf_cross_entropy_guided")
 CLOSER_TO_ONE_IS_BETTER = ("sharpness_ratio_min", "sharpness_ratio_mean", "code_diversity_ratio", "yaw_shift_vs_truth",
                            "pitch_shift_vs_truth")  # 1 = like the truth
 

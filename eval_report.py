@@ -130,6 +130,11 @@ def headline(report, horizons):
     if "argmax_decoded_psnr_pooled" in tf:
         hl["tf_argmax_decoded_psnr_pooled"] = tf["argmax_decoded_psnr_pooled"]
         hl["tf_copy_decoded_psnr_pooled"] = tf["copy_last_frame_decoded_psnr_pooled"]
+    if "guided" in tf:  # the same, for the predictor with the rollouts' guidance
+        g = tf["guided"]
+        hl.update({"tf_guidance": g["guidance"], "tf_accuracy_guided": g["accuracy"],
+                   "tf_cross_entropy_guided": g["cross_entropy"],
+                   "tf_argmax_decoded_psnr_pooled_guided": g["argmax_decoded_psnr_pooled"]})
     hl["sharpness_ratio_min"] = float(np.min(ro["sharpness_ratio"]))
     hl["sharpness_ratio_mean"] = float(np.mean(ro["sharpness_ratio"]))
     if "sandbox" in ro:

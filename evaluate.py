@@ -4,7 +4,8 @@
     python evaluate.py --checkpoint checkpoints/world --data data/tokens --out reports/base --untrained true
 
 Measures, on the held-out trajectories of the training split (TokenWindowDataset split="val"):
-- teacher-forced cross-entropy / token accuracy (and the copy-last-frame baseline);
+- teacher-forced cross-entropy / token accuracy (and the copy-last-frame baseline), of the model
+  as trained and of the guided predictor that the rollouts and play use (--guidance);
 - autoregressive rollouts from real context: per-step PSNR/SSIM against the decoded ground-truth
   tokens and the true video frames, per-step unique codes and code entropy against the ground
   truth's, KL(teacher-forced || autoregressive) logits, entropy and confidence;
@@ -202,7 +203,27 @@ def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch):
     logp = torch.log_softmax(tf_logits.float(), 2)                                  # (B, T-1, K, h, w)
     target = tokens[:, 1:]
     nll = -logp.gather(2, target[:, :, None]).squeeze(2)                             # (B, T-1, h, w)
-    argmax = tf_logits.argmax(2)
+    return tf_summary(nll, tf_logits.argmax(2), tokens, actions, codebook_size, tokenizer, batch)
+
+
+def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, tokenizer, batch):
+    """teacher_forced() for the predictor that play and the rollouts use: each step given the true
+    frame t, its action and the state, with guidance (uncond + g x (cond - uncond) logits, the
+    conditioned state carried on), step by step. At g = 1 it is model(tokens, actions)'s prediction."""
+    state = model.init_state(tokens.shape[0], tokens.device)
+    nll, argmax = [], []
+    for t in range(tokens.shape[1] - 1):
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance)    # (B, K, h, w)
+        nll.append(-torch.log_softmax(logits.float(), 1).gather(1, tokens[:, t + 1, None]).squeeze(1))
+        argmax.append(logits.argmax(1))
+    out = tf_summary(torch.stack(nll, 1), torch.stack(argmax, 1), tokens, actions, codebook_size, tokenizer, batch)
+    out["guidance"] = guidance
+    return out
+
+
+def tf_summary(nll, argmax, tokens, actions, codebook_size, tokenizer, batch):
+    """teacher_forced()'s figures from the per-cell nll and argmax prediction [B, T-1, h, w]."""
+    target = tokens[:, 1:]
     hit = (argmax == target).float()
     keep = tokens[:, :-1] == target                                                   # the "nothing moves" baseline
     moving = actions.abs().amax(-1) > 0.05                                            # (B, T-1)
@@ -459,6 +480,9 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
     truth_tok = tokens[:, C:]                                                      # (B, H, h, w)
     tf_all = model(tokens, actions)  # teacher-forced, one batched pass (B, C+H-1, K, h, w)
     tf_report = teacher_forced(tf_all, tokens, actions, tokenizer.codebook_size, tokenizer, cfg.batch)
+    if cfg.guidance != 1.0:
+        tf_report["guided"] = guided_teacher_forced(model, tokens, actions, cfg.guidance, tokenizer.codebook_size,
+                                                    tokenizer, cfg.batch)
     tf_logits = tf_all[:, C - 1:]                                                  # (B, H, K, h, w)
     stats = {k: [] for k in ("kl", "entropy_ar", "entropy_tf", "confidence_ar", "confidence_tf", "ce_ar", "ce_tf")}
 

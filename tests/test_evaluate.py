@@ -278,6 +278,27 @@ def test_untrained_has_the_same_shape_and_fresh_weights(tiny):
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_guided_teacher_forcing_steps_like_play_and_is_the_forward_at_g1(tiny):
+    """Step by step with guidance 1 gives the batched forward's figures; guidance 3 changes them
+    (the action moves this random model's logits)."""
+    import evaluate
+    from datasets import TokenWindowDataset
+    d, manifest = tiny
+    cfg = evaluate.Config(checkpoint=str(d / "world"), data=str(d / "tokens"))
+    model, _, _, tokenizer, _ = evaluate.load_everything(cfg, torch.device("cpu"))
+    ds = TokenWindowDataset(str(d / "tokens"), 6, split="train", val_fraction=0.34, seed=0)
+    tokens, actions = (torch.stack(x) for x in zip(*(ds[i] for i in range(3))))
+    K = manifest["tokenizer"]["codebook_size"]
+    with torch.no_grad():
+        ref = evaluate.teacher_forced(model(tokens, actions), tokens, actions, K, tokenizer, 8)
+        g1 = evaluate.guided_teacher_forced(model, tokens, actions, 1.0, K, tokenizer, 8)
+        g3 = evaluate.guided_teacher_forced(model, tokens, actions, 3.0, K, tokenizer, 8)
+    for key in ("accuracy", "cross_entropy", "argmax_decoded_psnr_pooled", "copy_last_frame_accuracy"):
+        assert g1[key] == pytest.approx(ref[key], abs=1e-4), key
+    assert g3["guidance"] == 3.0 and g3["copy_last_frame_accuracy"] == ref["copy_last_frame_accuracy"]
+    assert abs(g3["cross_entropy"] - ref["cross_entropy"]) > 1e-5  # near-uniform logits: a small but real change
+
+
 def test_end_to_end_writes_report(tiny):
     import av
     d, _ = tiny
