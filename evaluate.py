@@ -50,7 +50,8 @@ class Config:
     top_p: float = opt(1.0, "top-p of the rollout sampler (1 = off)")
     keep_above: float = opt(KEEP_ABOVE, "rollout sampler: a cell whose most likely code has at least this probability takes it (1 = off)")
     guidance: float = opt(GUIDANCE, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
-                                "models trained without action dropout always run at 1)")
+                                "models trained without action dropout always run at 1); g != 1 also reports the "
+                                "teacher-forced figures of the guided predictor (tf_*_guided)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
     collapse_episodes: int = opt(1, "episodes of the collapse test (each runs once per decoding rule)")
     cf_steps: int = opt(3, "steps of each counterfactual constant-action rollout")
