@@ -20,7 +20,7 @@ import torch
 KEEP_ABOVE = 0.2
 # action guidance of evaluation and play: uncond + g * (cond - uncond) logits. 2 with the quickstart's
 # learning rate 0.006 (three seeds, all 460 steps): the model's guided next frame beats copying (token
-# accuracy +0.065-0.067, 16 sampled steps +0.08-0.17 dB), where at 3 the 16 steps fell below copying in
+# accuracy +0.064-0.067, 16 sampled steps +0.08-0.17 dB), where at 3 the 16 steps fell below copying in
 # all three; 3 tells W from S more often (0.60-0.75 against 0.52-0.60; README, "Guidance 2")
 GUIDANCE = 2.0
 
