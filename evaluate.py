@@ -196,18 +196,19 @@ def decode(tokenizer, codes, batch):
 
 # ----------------------------------------------------------------------------- teacher forcing
 
-def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch):
+def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch, truth_img=None):
     """Teacher-forced cross-entropy and token accuracy over whole held-out windows, split into the
     cells that keep their code from frame t to t+1 and those that change, and on idle and moving
     steps; the argmax prediction decoded, against the decoded truth, next to the decoded last frame.
-    tf_logits [B, T-1, K, h, w] from model(tokens, actions), tokens [B, T, h, w], actions [B, T-1, A]."""
+    tf_logits [B, T-1, K, h, w] from model(tokens, actions), tokens [B, T, h, w], actions [B, T-1, A];
+    truth_img: tokens decoded, if the caller has them."""
     logp = torch.log_softmax(tf_logits.float(), 2)                                  # (B, T-1, K, h, w)
     target = tokens[:, 1:]
     nll = -logp.gather(2, target[:, :, None]).squeeze(2)                             # (B, T-1, h, w)
-    return tf_summary(nll, tf_logits.argmax(2), tokens, actions, codebook_size, tokenizer, batch)
+    return tf_summary(nll, tf_logits.argmax(2), tokens, actions, codebook_size, tokenizer, batch, truth_img)
 
 
-def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, tokenizer, batch):
+def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, tokenizer, batch, truth_img=None):
     """teacher_forced() for the predictor that play and the rollouts use: each step given the true
     frame t, its action and the state, with guidance (uncond + g x (cond - uncond) logits, the
     conditioned state carried on), step by step. At g = 1 it is model(tokens, actions)'s prediction."""
@@ -217,18 +218,20 @@ def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, token
         logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance)    # (B, K, h, w)
         nll.append(-torch.log_softmax(logits.float(), 1).gather(1, tokens[:, t + 1, None]).squeeze(1))
         argmax.append(logits.argmax(1))
-    out = tf_summary(torch.stack(nll, 1), torch.stack(argmax, 1), tokens, actions, codebook_size, tokenizer, batch)
+    out = tf_summary(torch.stack(nll, 1), torch.stack(argmax, 1), tokens, actions, codebook_size, tokenizer, batch,
+                     truth_img)
     out["guidance"] = guidance
     return out
 
 
-def tf_summary(nll, argmax, tokens, actions, codebook_size, tokenizer, batch):
+def tf_summary(nll, argmax, tokens, actions, codebook_size, tokenizer, batch, truth_img=None):
     """teacher_forced()'s figures from the per-cell nll and argmax prediction [B, T-1, h, w]."""
     target = tokens[:, 1:]
     hit = (argmax == target).float()
     keep = tokens[:, :-1] == target                                                   # the "nothing moves" baseline
     moving = actions.abs().amax(-1) > 0.05                                            # (B, T-1)
-    truth_img = decode(tokenizer, tokens, batch)                                      # (B, T, H, W, 3)
+    if truth_img is None:
+        truth_img = decode(tokenizer, tokens, batch)                                  # (B, T, H, W, 3)
     pred_img = decode(tokenizer, argmax, batch)
     pixel_change = M.mean_abs_diff(truth_img[:, 1:], truth_img[:, :-1]).reshape(moving.shape)
     psnr_pred, psnr_copy = M.psnr(pred_img, truth_img[:, 1:]), M.psnr(truth_img[:, :-1], truth_img[:, 1:])
@@ -480,10 +483,11 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
     actions = torch.stack([e["actions"] for e in eps]).to(device)                  # (B, C+H-1, A)
     truth_tok = tokens[:, C:]                                                      # (B, H, h, w)
     tf_all = model(tokens, actions)  # teacher-forced, one batched pass (B, C+H-1, K, h, w)
-    tf_report = teacher_forced(tf_all, tokens, actions, tokenizer.codebook_size, tokenizer, cfg.batch)
+    window_img = decode(tokenizer, tokens, cfg.batch)                              # (B, C+H, H_img, W_img, 3)
+    tf_report = teacher_forced(tf_all, tokens, actions, tokenizer.codebook_size, tokenizer, cfg.batch, window_img)
     if cfg.guidance != 1.0:
         tf_report["guided"] = guided_teacher_forced(model, tokens, actions, cfg.guidance, tokenizer.codebook_size,
-                                                    tokenizer, cfg.batch)
+                                                    tokenizer, cfg.batch, window_img)
     tf_logits = tf_all[:, C - 1:]                                                  # (B, H, K, h, w)
     stats = {k: [] for k in ("kl", "entropy_ar", "entropy_tf", "confidence_ar", "confidence_tf", "ce_ar", "ce_tf")}
 
@@ -501,8 +505,7 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
     del tf_all, tf_logits
     stats = {k: np.stack(v, 1) for k, v in stats.items()}                         # each (B, H)
     pred_img = decode(tokenizer, pred, cfg.batch)                                  # (B, H, H_img, W_img, 3)
-    gt_img = decode(tokenizer, truth_tok, cfg.batch)
-    ref_img = decode(tokenizer, tokens[:, C - 1], cfg.batch)                       # (B, H_img, W_img, 3)
+    gt_img, ref_img = window_img[:, C:], window_img[:, C - 1]                      # (B, H, ...), (B, H_img, W_img, 3)
     size = pred_img.shape[2:4]
 
     def per_step(fn, a, b):  # images (B, S, ...) x2 -> (B, S), all frames in one call
