@@ -165,15 +165,16 @@ class Mixture(NamedTuple):
     def log_probs(self):
         return mixture_log_probs(*self)
 
-    def nll(self, targets):
-        """targets [...] -> mean over cells of -log p(target); equals the cross-entropy of log_probs()."""
+    def nll(self, targets, weight=None):
+        """targets [...] -> mean over cells of -log p(target) (weighted by weight [...] if given); equals
+        the cross-entropy of log_probs()."""
         K = self.logits.shape[-1]
         gen = -F.cross_entropy(self.logits.reshape(-1, K).float(), targets.reshape(-1),
                                reduction="none").view(targets.shape) + self.log_pi[..., 2].float()
         mass = torch.cat([self.log_pi[..., :1].exp(), self.log_pi[..., 1:2].exp() * self.w.float()], -1)
         copied = (mass * (self.cand == targets[..., None])).sum(-1)                 # copy mass on the target
         logp = torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
-        return -logp.mean()
+        return -logp.mean() if weight is None else -(logp * weight).sum() / weight.sum()
 
     def map(self, fn):
         return Mixture(*(fn(x) for x in self))

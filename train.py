@@ -93,6 +93,8 @@ class TrainConfig:
     corruption_max: float = opt(0.3, "context corruption level ~ U(0, max) per window (fraction of tokens replaced)")
     action_dropout: float = opt(0.1, "probability an action is dropped (model sees 'no action'; enables guidance)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    changed_weight: float = opt(1.0, "cross-entropy weight of the cells whose true code changes from frame t to t+1 "
+                                "(kept cells weigh 1; the loss is the weighted mean; 1 = the plain mean)")
     idm_weight: float = opt(0.5, "inverse-dynamics loss on true frame pairs")
     copy_edges: str = opt("repeat", "with copy_shifts: a cell whose shifted source lies outside the frame (content coming into view) copies the edge code ('repeat'), or that share of the moved mass goes to the head ('generate')")
     copy_zoom: float = opt(0.0, "with copy_shifts: add the frame zoomed in and out about its centre by whole cells as moved-copy candidates (the outermost cells move this many cells; 0 = off): walking forward and back")
@@ -250,12 +252,28 @@ def corrupt(tokens, level, K):
     return torch.where(hit, torch.randint_like(tokens, K), tokens)
 
 
-def code_cross_entropy(logits, targets, label_smoothing=0.0):
-    """logits [B, T, K, h, w] (codebook innermost in memory), targets [B, T, h, w] -> mean CE.
-    Flattening with K last keeps the softmax on contiguous memory (several times faster on CPU)."""
+def code_cross_entropy(logits, targets, label_smoothing=0.0, weight=None):
+    """logits [B, T, K, h, w] (codebook innermost in memory), targets [B, T, h, w] -> mean CE
+    (weighted by weight [B, T, h, w] if given). Flattening with K last keeps the softmax on
+    contiguous memory (several times faster on CPU)."""
     K = logits.shape[2]
     flat = logits.permute(0, 1, 3, 4, 2).reshape(-1, K).float()
-    return F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing)
+    if weight is None:
+        return F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing)
+    ce = F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing, reduction="none")
+    return weighted_mean(ce, weight.reshape(-1))
+
+
+def weighted_mean(x, weight):
+    return (x * weight).sum() / weight.sum()
+
+
+def changed_weights(tokens, weight):
+    """tokens [B, T+1, h, w] -> [B, T, h, w]: `weight` where frame t+1's code differs from frame t's, 1
+    elsewhere; None for weight 1."""
+    if weight == 1:
+        return None
+    return 1 + (weight - 1) * (tokens[:, 1:] != tokens[:, :-1]).float()
 
 
 class Objective(nn.Module):
@@ -338,13 +356,15 @@ class Objective(nn.Module):
         aux = {} if cfg.shift_weight > 0 and m.cfg.copy_shifts > 0 else None
         parts = self.mixture_loss and cfg.label_smoothing == 0 and cfg.perceptual == "off"
         logits_tf, logits_ro, present = self.predict(tokens, actions, rollout, aux, parts)
-        ce_tf = logits_tf.nll(tokens[:, 1:T0 + 1]) if parts else code_cross_entropy(
-            logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing)
+        weight = changed_weights(tokens, cfg.changed_weight)
+        w_tf, w_ro = (None, None) if weight is None else (weight[:, :T0], weight[:, T0:])
+        ce_tf = logits_tf.nll(tokens[:, 1:T0 + 1], w_tf) if parts else code_cross_entropy(
+            logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing, w_tf)
         stats = {"loss/ce_tf": ce_tf.detach()}
         ce = ce_tf
         if rollout:
-            ce_ro = logits_ro.nll(tokens[:, T0 + 1:]) if parts else code_cross_entropy(
-                logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing)
+            ce_ro = logits_ro.nll(tokens[:, T0 + 1:], w_ro) if parts else code_cross_entropy(
+                logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing, w_ro)
             ce = (ce_tf * T0 + ce_ro * rollout) / (T0 + rollout)
             stats["loss/ce_rollout"] = ce_ro.detach()
             stats["loss/rollout_gap"] = (ce_ro - ce_tf).detach()

@@ -180,6 +180,38 @@ def test_training_inputs_never_contain_future_frames():
                 torch.testing.assert_close(ro2, ro, rtol=0, atol=0)
 
 
+def test_changed_weight_weighs_the_cells_whose_code_changes():
+    """--changed_weight w: the cross-entropy is the mean over cells weighted w where the true code
+    changes from frame t to t+1 and 1 where it stays, in the copy mixture's fast loss and the full one;
+    w 1 is the plain mean."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (3, 7, *GRID), generator=g)
+    tokens[:, 1:, :, :4] = tokens[:, :-1, :, :4]
+    actions = torch.randn(3, 6, len(ACTION_NAMES), generator=g)
+    changed = (tokens[:, 1:] != tokens[:, :-1]).float()
+    assert 0.2 < changed.mean() < 0.8
+    for fast in (False, True):
+        ces = {}
+        for w in (1.0, 4.0):
+            obj = tiny_objective(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3,
+                                 copy_motion="anchored_shift", changed_weight=w)
+            obj.mixture_loss = fast
+            with torch.no_grad():
+                for p in obj.model.parameters():
+                    p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            torch.manual_seed(1)
+            _, stats = obj(tokens, actions, 0)
+            torch.manual_seed(1)
+            tf, _, _ = obj.predict(tokens, actions, 0)                       # (B, 6, K, h, w)
+            nll = -tf.detach().float().log_softmax(2).gather(2, tokens[:, 1:, None]).squeeze(2)  # the mixture's log-probs
+            weight = 1 + (w - 1) * changed
+            torch.testing.assert_close(stats["loss/ce_tf"], (nll * weight).sum() / weight.sum(), rtol=1e-5, atol=1e-6)
+            ces[w] = (float(stats["loss/ce_tf"]), float((nll * changed).sum() / changed.sum()),
+                      float((nll * (1 - changed)).sum() / (1 - changed).sum()))
+        # the changed cells are the harder ones here: weighing them more raises the loss
+        assert ces[4.0][0] > ces[1.0][0] + 0.1 and ces[1.0][1] > ces[1.0][2]
+
+
 def test_copy_mixture_loss_at_the_targets_equals_the_cross_entropy_of_the_mixture():
     """Training takes the copy mixture's loss at the target codes only (Mixture.nll): the same loss,
     gradients and rollout samples as mixing every code and taking the cross-entropy."""
