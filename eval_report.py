@@ -135,6 +135,8 @@ def headline(report, horizons):
         hl.update({"tf_guidance": g["guidance"], "tf_accuracy_guided": g["accuracy"],
                    "tf_cross_entropy_guided": g["cross_entropy"],
                    "tf_argmax_decoded_psnr_pooled_guided": g["argmax_decoded_psnr_pooled"]})
+        if "key_guidance" in g:
+            hl["tf_key_guidance"] = g["key_guidance"]
     hl["sharpness_ratio_min"] = float(np.min(ro["sharpness_ratio"]))
     hl["sharpness_ratio_mean"] = float(np.mean(ro["sharpness_ratio"]))
     if "sandbox" in ro:

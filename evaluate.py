@@ -52,6 +52,9 @@ class Config:
     guidance: float = opt(GUIDANCE, "action guidance of every rollout step: uncond + g * (cond - uncond) logits (1 = off; "
                                 "models trained without action dropout always run at 1); g != 1 also reports the "
                                 "teacher-forced figures of the guided predictor (tf_*_guided)")
+    key_guidance: float = opt(0.0, "guidance of the keyboard part of the action (W/S, strafe, jump, sprint, sneak) apart "
+                                   "from the camera's: uncond + g * (camera only - uncond) + kg * (full - camera only), "
+                                   "a third model step per frame (0 = --guidance for the whole action)")
     collapse_steps: int = opt(20, "steps of the collapse test (unique codes at steps 0, 1 and 10-19)")
     collapse_episodes: int = opt(1, "episodes of the collapse test (each runs once per decoding rule)")
     cf_steps: int = opt(3, "steps of each counterfactual constant-action rollout")
@@ -166,15 +169,16 @@ def sample_chunks(chunks, logits, step):
 
 
 @torch.no_grad()
-def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidance=1.0):
+def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidance=1.0, key_guidance=None):
     """tokens [B, >=context, h, w] real frames, actions [B, context+steps-1, A]: warm up on the
     context, then feed back sampled tokens for `steps` frames. on_step(h, logits [B, K, h, w]) sees
     the logits of every predicted frame. Returns the sampled codes [B, steps, h, w]. The context is
-    unguided; guidance applies to the predicted frames."""
+    unguided; guidance (and key_guidance, model.step's) applies to the predicted frames."""
     state = model.init_state(tokens.shape[0], tokens.device)
     for t in range(context):
-        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if t == context - 1 else 1.0,
-                                   one_shift=True)
+        last = t == context - 1
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if last else 1.0,
+                                   one_shift=True, key_guidance=key_guidance if last else None)
     preds = []
     for h in range(steps):
         if on_step is not None:
@@ -182,7 +186,7 @@ def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidan
         preds.append(sample_chunks(chunks, logits, h))
         if h < steps - 1:
             logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance, sampled=True,
-                                       one_shift=True)
+                                       one_shift=True, key_guidance=key_guidance)
     return torch.stack(preds, 1)
 
 
@@ -208,19 +212,23 @@ def teacher_forced(tf_logits, tokens, actions, codebook_size, tokenizer, batch, 
     return tf_summary(nll, tf_logits.argmax(2), tokens, actions, codebook_size, tokenizer, batch, truth_img)
 
 
-def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, tokenizer, batch, truth_img=None):
+def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, tokenizer, batch, truth_img=None,
+                          key_guidance=None):
     """teacher_forced() for the predictor that play and the rollouts use: each step given the true
     frame t, its action and the state, with guidance (uncond + g x (cond - uncond) logits, the
     conditioned state carried on), step by step. At g = 1 it is model(tokens, actions)'s prediction."""
     state = model.init_state(tokens.shape[0], tokens.device)
     nll, argmax = [], []
     for t in range(tokens.shape[1] - 1):
-        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance)    # (B, K, h, w)
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance,
+                                   key_guidance=key_guidance)                            # (B, K, h, w)
         nll.append(-torch.log_softmax(logits.float(), 1).gather(1, tokens[:, t + 1, None]).squeeze(1))
         argmax.append(logits.argmax(1))
     out = tf_summary(torch.stack(nll, 1), torch.stack(argmax, 1), tokens, actions, codebook_size, tokenizer, batch,
                      truth_img)
     out["guidance"] = guidance
+    if key_guidance is not None:
+        out["key_guidance"] = key_guidance
     return out
 
 
@@ -394,7 +402,7 @@ def action_tests(cfg, model, tokenizer, eps, sampler, device, truths):
 
     # every variant gets the same random numbers, so variants differ only through the model's response
     pred = rollout(model, ctx.repeat(len(names), 1, 1, 1).to(device), torch.cat(acts).to(device), C, S,
-                   [(sampler, cfg.seed)] * len(names), on_step, cfg.guidance)
+                   [(sampler, cfg.seed)] * len(names), on_step, cfg.guidance, cfg.key_guidance or None)
     frames = decode(tokenizer, pred, cfg.batch)
     frames = {n: frames[i * B:(i + 1) * B] for i, n in enumerate(names)}          # each (B, S, H, W, 3)
     ref = decode(tokenizer, ctx[:, C - 1], cfg.batch)                              # (B, H, W, 3)
@@ -464,7 +472,8 @@ def collapse_test(cfg, model, eps, device, sampler):
     S = min(cfg.collapse_steps, len(eps[0]["tokens"]) - C)
     ctx = torch.stack([e["tokens"][:C] for e in eps]).repeat(len(rules), 1, 1, 1).to(device)
     acts = torch.stack([e["actions"][:C + S - 1] for e in eps]).repeat(len(rules), 1, 1).to(device)
-    pred = rollout(model, ctx, acts, C, S, [(r, cfg.seed) for r in rules.values()], guidance=cfg.guidance)
+    pred = rollout(model, ctx, acts, C, S, [(r, cfg.seed) for r in rules.values()], guidance=cfg.guidance,
+                   key_guidance=cfg.key_guidance or None)
     uniq = M.code_stats(pred)[0].reshape(len(rules), B, S).mean(1)                # (rules, S)
     gt = M.code_stats(torch.stack([e["tokens"][C:C + S] for e in eps]))[0].mean(0)  # (S,)
     late = slice(10, 20) if S > 10 else slice(S - 1, S)
@@ -485,9 +494,9 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
     tf_all = model(tokens, actions)  # teacher-forced, one batched pass (B, C+H-1, K, h, w)
     window_img = decode(tokenizer, tokens, cfg.batch)                              # (B, C+H, H_img, W_img, 3)
     tf_report = teacher_forced(tf_all, tokens, actions, tokenizer.codebook_size, tokenizer, cfg.batch, window_img)
-    if cfg.guidance != 1.0:
+    if cfg.guidance != 1.0 or cfg.key_guidance:
         tf_report["guided"] = guided_teacher_forced(model, tokens, actions, cfg.guidance, tokenizer.codebook_size,
-                                                    tokenizer, cfg.batch, window_img)
+                                                    tokenizer, cfg.batch, window_img, cfg.key_guidance or None)
     tf_logits = tf_all[:, C - 1:]                                                  # (B, H, K, h, w)
     stats = {k: [] for k in ("kl", "entropy_ar", "entropy_tf", "confidence_ar", "confidence_tf", "ce_ar", "ce_tf")}
 
@@ -501,7 +510,7 @@ def rollout_metrics(cfg, model, tokenizer, manifest, eps, H, sampler, device, tr
             nll = -lp.gather(1, truth_tok[:, h, None]).squeeze(1)                 # (B, h, w)
             stats["ce_" + name].append(nll.mean((1, 2)).cpu().numpy())
 
-    pred = rollout(model, tokens, actions, C, H, [(sampler, cfg.seed)], on_step, cfg.guidance)
+    pred = rollout(model, tokens, actions, C, H, [(sampler, cfg.seed)], on_step, cfg.guidance, cfg.key_guidance or None)
     del tf_all, tf_logits
     stats = {k: np.stack(v, 1) for k, v in stats.items()}                         # each (B, H)
     pred_img = decode(tokenizer, pred, cfg.batch)                                  # (B, H, H_img, W_img, 3)
@@ -610,6 +619,8 @@ def main(cfg):
     from datasets import TokenWindowDataset
     model, ckpt, path, tokenizer, manifest = load_everything(cfg, device)
     cfg.guidance = usable_guidance(cfg.guidance, ckpt, "evaluate")
+    if cfg.key_guidance:
+        cfg.key_guidance = usable_guidance(cfg.key_guidance, ckpt, "evaluate")
     lpips_fn = make_lpips(device) if cfg.lpips else None
     frac, split_seed = split_settings(cfg, ckpt)
     sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)

@@ -65,6 +65,9 @@ class Config:
     greedy: bool = opt(False, "argmax decoding: an explicit opt-in, it collapses quickly (key G)")
     guidance: float = opt(GUIDANCE, "action guidance: uncond + g * (cond - uncond) logits, a second model step per frame "
                                 "(1 = off; models trained without action dropout always run at 1)")
+    key_guidance: float = opt(0.0, "guidance of the keyboard part of the action (W/S, strafe, jump, sprint, sneak) apart "
+                                   "from the camera's: uncond + g * (camera only - uncond) + kg * (full - camera only), "
+                                   "a third model step per frame (0 = --guidance for the whole action)")
     sensitivity: float = opt(0.15, "mouse look, camera degrees per pixel")
     arrow_speed: float = opt(5.0, "arrow-key look, camera degrees per tick")
     record: str | None = opt(None, "write the session video (H.264 .mp4) here, plus a .json sidecar with "
@@ -106,8 +109,8 @@ class WorldModelEnv:
 
     def __init__(self, model, tokenizer, sampler: Sampler | None = None, device="cpu",
                  half: bool = False, compile: bool = False, seed: int = 0, guidance: float = 1.0,
-                 precision: str = "fp32"):
-        self.model, self.tokenizer, self.guidance = model, tokenizer, guidance
+                 precision: str = "fp32", key_guidance: float | None = None):
+        self.model, self.tokenizer, self.guidance, self.key_guidance = model, tokenizer, guidance, key_guidance
         self.sampler = sampler or Sampler()
         self.device = torch.device(device)
         self.seed = seed
@@ -166,7 +169,8 @@ class WorldModelEnv:
         with self.amp:
             self.level.fill_(self.model.cfg.sampled_level if self.sampled else 0.0)
             logits, self.state = self.step_fn(self.tokens, self.action, self.state, corruption=self.level,
-                                              guidance=self.guidance, one_shift=True)  # [1, K, h, w]
+                                              guidance=self.guidance, one_shift=True,
+                                              key_guidance=self.key_guidance)  # [1, K, h, w]
         self.sampled = True  # from now on the input is the model's own sample
         self._sync()
         t1, c1 = time.perf_counter(), time.thread_time()
@@ -227,6 +231,8 @@ def load_env(cfg: Config):
         torch.set_num_threads(cfg.threads)
     model, ckpt = load_world_model(cfg.checkpoint, device)
     cfg.guidance = usable_guidance(cfg.guidance, ckpt, "live_inference")
+    if cfg.key_guidance:
+        cfg.key_guidance = usable_guidance(cfg.key_guidance, ckpt, "live_inference")
     named = ckpt.get("tokenizer") or {}
     path = cfg.tokenizer or named.get("path")
     if not path:
@@ -249,7 +255,7 @@ def load_env(cfg: Config):
         cfg.precision = "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     sampler = Sampler(0.0 if cfg.greedy else cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
     env = WorldModelEnv(model, tokenizer, sampler, device, half=cfg.half, compile=cfg.compile, seed=cfg.seed,
-                        guidance=cfg.guidance, precision=cfg.precision)
+                        guidance=cfg.guidance, precision=cfg.precision, key_guidance=cfg.key_guidance or None)
     return env, ckpt
 
 
@@ -361,7 +367,7 @@ def load_actions(path: str, stride: int) -> np.ndarray:
 
 
 REPLAY_KEYS = ("start", "start_index", "start_traj", "context", "seed", "temperature", "top_k", "top_p", "keep_above", "greedy",
-               "guidance", "side_by_side", "precision")
+               "guidance", "key_guidance", "side_by_side", "precision")
 
 
 def replay_config(cfg: Config, sidecar: dict, path: str) -> Config:

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from actions import CAMERA_INDICES
+
 
 @dataclass
 class WorldModelConfig:
@@ -579,12 +581,15 @@ class WorldModel(nn.Module):
         return self.forward_sequence(tokens[:, :-1], actions, state, present, corruption)[0]
 
     def step(self, tokens, action, state, present=None, corruption=None, guidance=1.0, sampled=False,
-             one_shift=False, parts=False):
+             one_shift=False, parts=False, key_guidance=None):
         """Play: tokens [B, h, w] int64 (frame t), action [B, A] float (None = unconditioned),
         state from init_state/step -> (logits [B, K, h, w] for frame t+1, new state).
         guidance g != 1 also runs the step without the action, from the same state, and returns
         unconditioned + g * (conditioned - unconditioned) logits (action dropout in training is what
         makes the unconditioned half meaningful); the state carried on is the conditioned one.
+        key_guidance kg (None = g) guides the keyboard part of the action (everything but yaw and
+        pitch) apart, with a third step given the camera part only: unconditioned + g * (camera -
+        unconditioned) + kg * (conditioned - camera).
         sampled=True says the tokens are the model's own sample, not a real frame: the model is then
         told corruption level cfg.sampled_level (what training rollouts tell it). one_shift (copy_shifts;
         play and evaluation): the moved copy takes each frame's most likely whole-cell shift, so a sampled
@@ -592,15 +597,24 @@ class WorldModel(nn.Module):
         guidance): a Mixture with fields [B, h, w, ...] instead of the logits (training's loss)."""
         if sampled and corruption is None and self.cfg.sampled_level > 0:
             corruption = self.cfg.sampled_level
-        if guidance != 1.0 and action is not None:
+        keys = key_guidance is not None and key_guidance != guidance
+        if (guidance != 1.0 or keys) and action is not None:
             assert not parts, "guidance mixes logits: it has no parts"
             B = tokens.shape[0]
             present = torch.ones(B, device=tokens.device) if present is None else present.reshape(B).float()
-            both, state2 = self.step(torch.cat([tokens, tokens]), torch.cat([action, torch.zeros_like(action)]),
-                                     tuple(torch.cat([h, h]) for h in state),
-                                     torch.cat([present, torch.zeros_like(present)]), corruption,
-                                     one_shift=one_shift)
-            cond, uncond = both[:B], both[B:]
+            variants = [action, torch.zeros_like(action)]
+            if keys:  # the camera part only, between the full action and none
+                cam = list(CAMERA_INDICES)
+                variants.insert(1, torch.zeros_like(action).index_copy(1, torch.tensor(cam, device=action.device),
+                                                                       action[:, cam]))
+            n = len(variants)
+            out, state2 = self.step(torch.cat([tokens] * n), torch.cat(variants), tuple(torch.cat([h] * n) for h in state),
+                                    torch.cat([present] * (n - 1) + [torch.zeros_like(present)]), corruption,
+                                    one_shift=one_shift)
+            cond, uncond = out[:B], out[-B:]
+            if keys:
+                camera = out[B:2 * B]
+                return uncond + guidance * (camera - uncond) + key_guidance * (cond - camera), tuple(h[:B] for h in state2)
             return uncond + guidance * (cond - uncond), tuple(h[:B] for h in state2)
         B = tokens.shape[0]
         if action is None:

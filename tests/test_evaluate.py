@@ -293,6 +293,10 @@ def test_guided_teacher_forcing_steps_like_play_and_is_the_forward_at_g1(tiny):
         ref = evaluate.teacher_forced(model(tokens, actions), tokens, actions, K, tokenizer, 8)
         g1 = evaluate.guided_teacher_forced(model, tokens, actions, 1.0, K, tokenizer, 8)
         g3 = evaluate.guided_teacher_forced(model, tokens, actions, 3.0, K, tokenizer, 8)
+        k3 = evaluate.guided_teacher_forced(model, tokens, actions, 3.0, K, tokenizer, 8, key_guidance=3.0)
+        k9 = evaluate.guided_teacher_forced(model, tokens, actions, 3.0, K, tokenizer, 8, key_guidance=9.0)
+    assert k3["cross_entropy"] == g3["cross_entropy"] and k3["key_guidance"] == 3.0
+    assert abs(k9["cross_entropy"] - g3["cross_entropy"]) > 1e-6 and k9["key_guidance"] == 9.0
     for key in ("accuracy", "cross_entropy", "argmax_decoded_psnr_pooled", "copy_last_frame_accuracy"):
         assert g1[key] == pytest.approx(ref[key], abs=1e-4), key
     assert g3["guidance"] == 3.0 and g3["copy_last_frame_accuracy"] == ref["copy_last_frame_accuracy"]

@@ -433,6 +433,29 @@ def test_guidance_needs_a_checkpoint_trained_with_action_dropout(tiny, capsys):
     assert env.guidance == 1.0  # the tiny checkpoint's config has no action dropout
 
 
+def test_key_guidance_reaches_every_play_step(tiny):
+    """--key_guidance: play's predicting step runs with it (the model's three-pass guided step), and a model trained
+    without action dropout plays unguided whatever it asks."""
+    import live_inference
+    from live_inference import WorldModelEnv
+    env = WorldModelEnv(tiny["model"], tiny["tok"], Sampler(1.0, 50, 1.0), "cpu", seed=0, guidance=2.0,
+                        key_guidance=3.0)
+    _, start = make_env(tiny)
+    seen, step = [], env.step_fn
+
+    def spy(*args, **kw):
+        seen.append((kw.get("guidance"), kw.get("key_guidance")))
+        return step(*args, **kw)
+    env.step_fn = spy
+    env.reset(start)
+    frame = env.step(act.make_action(move_z=1, yaw=0.5))
+    assert seen[-1] == (2.0, 3.0) and np.isfinite(np.asarray(frame, dtype=np.float64)).all()  # the context is unguided
+    cfg = live_inference.parse_config(live_inference.Config, ["--checkpoint", tiny["world"], "--guidance", "2",
+                                                              "--key_guidance", "3"])
+    env, _ = live_inference.load_env(cfg)
+    assert env.guidance == 1.0 and env.key_guidance == 1.0  # the tiny checkpoint has no action dropout
+
+
 def test_replay_of_a_recording_made_before_keep_above_samples_every_cell():
     import live_inference
     cfg = live_inference.Config()

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from actions import CAMERA_INDICES
 from model_convGru import WorldModel, WorldModelConfig, zoom_sources
 
 K, GRID, A = 24, (6, 10), 7
@@ -421,6 +422,29 @@ def test_guidance_one_is_plain_step_and_zero_is_unconditioned(copy_prior):
     assert torch.allclose(g0, uncond, atol=1e-5)
     assert torch.allclose(g2, 2 * plain - uncond, atol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(s1, s3))  # the state carried on is the conditioned one
+
+
+@pytest.mark.parametrize("copy_prior", [False, True])
+def test_key_guidance_guides_the_keyboard_part_apart_from_the_camera(copy_prior):
+    """key_guidance kg: uncond + g * (camera only - uncond) + kg * (full action - camera only); kg = g
+    is the plain guided step, bit for bit."""
+    m = moving(copy_prior=copy_prior).eval()
+    tokens, actions = batch(T=2)
+    action = actions[:, 0]
+    camera = torch.zeros_like(action)
+    camera[:, list(CAMERA_INDICES)] = action[:, list(CAMERA_INDICES)]
+    state = m.init_state(2, "cpu")
+    with torch.no_grad():
+        full, s_full = m.step(tokens[:, 0], action, state)
+        cam, _ = m.step(tokens[:, 0], camera, state)
+        uncond, _ = m.step(tokens[:, 0], None, state)
+        g2, _ = m.step(tokens[:, 0], action, state, guidance=2.0)
+        same, _ = m.step(tokens[:, 0], action, state, guidance=2.0, key_guidance=2.0)
+        split, s_split = m.step(tokens[:, 0], action, state, guidance=2.0, key_guidance=3.5)
+    assert torch.equal(same, g2)
+    assert torch.allclose(split, uncond + 2.0 * (cam - uncond) + 3.5 * (full - cam), atol=1e-4)
+    assert (split - g2).abs().max() > 1e-3  # the keyboard part moved the logits
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(s_full, s_split))  # the conditioned state goes on
 
 
 def test_sampled_input_is_told_the_sampled_level():
