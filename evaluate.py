@@ -175,11 +175,10 @@ def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidan
     the logits of every predicted frame. Returns the sampled codes [B, steps, h, w]. The context is
     unguided; guidance (and key_guidance, model.step's) applies to the predicted frames."""
     state = model.init_state(tokens.shape[0], tokens.device)
-    keys = {} if key_guidance is None else {"key_guidance": key_guidance}
     for t in range(context):
         last = t == context - 1
         logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance if last else 1.0,
-                                   one_shift=True, **(keys if last else {}))
+                                   one_shift=True, key_guidance=key_guidance if last else None)
     preds = []
     for h in range(steps):
         if on_step is not None:
@@ -187,7 +186,7 @@ def rollout(model, tokens, actions, context, steps, chunks, on_step=None, guidan
         preds.append(sample_chunks(chunks, logits, h))
         if h < steps - 1:
             logits, state = model.step(preds[-1], actions[:, context + h], state, guidance=guidance, sampled=True,
-                                       one_shift=True, **keys)
+                                       one_shift=True, key_guidance=key_guidance)
     return torch.stack(preds, 1)
 
 
@@ -220,9 +219,9 @@ def guided_teacher_forced(model, tokens, actions, guidance, codebook_size, token
     conditioned state carried on), step by step. At g = 1 it is model(tokens, actions)'s prediction."""
     state = model.init_state(tokens.shape[0], tokens.device)
     nll, argmax = [], []
-    keys = {} if key_guidance is None else {"key_guidance": key_guidance}
     for t in range(tokens.shape[1] - 1):
-        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance, **keys)  # (B, K, h, w)
+        logits, state = model.step(tokens[:, t], actions[:, t], state, guidance=guidance,
+                                   key_guidance=key_guidance)                            # (B, K, h, w)
         nll.append(-torch.log_softmax(logits.float(), 1).gather(1, tokens[:, t + 1, None]).squeeze(1))
         argmax.append(logits.argmax(1))
     out = tf_summary(torch.stack(nll, 1), torch.stack(argmax, 1), tokens, actions, codebook_size, tokenizer, batch,

@@ -111,7 +111,6 @@ class WorldModelEnv:
                  half: bool = False, compile: bool = False, seed: int = 0, guidance: float = 1.0,
                  precision: str = "fp32", key_guidance: float | None = None):
         self.model, self.tokenizer, self.guidance, self.key_guidance = model, tokenizer, guidance, key_guidance
-        self.keys = {} if key_guidance is None else {"key_guidance": key_guidance}
         self.sampler = sampler or Sampler()
         self.device = torch.device(device)
         self.seed = seed
@@ -171,7 +170,7 @@ class WorldModelEnv:
             self.level.fill_(self.model.cfg.sampled_level if self.sampled else 0.0)
             logits, self.state = self.step_fn(self.tokens, self.action, self.state, corruption=self.level,
                                               guidance=self.guidance, one_shift=True,
-                                              **self.keys)  # [1, K, h, w]
+                                              key_guidance=self.key_guidance)  # [1, K, h, w]
         self.sampled = True  # from now on the input is the model's own sample
         self._sync()
         t1, c1 = time.perf_counter(), time.thread_time()

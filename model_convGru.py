@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from actions import CAMERA_INDICES
+from actions import action_mask
 
 
 @dataclass
@@ -604,9 +604,7 @@ class WorldModel(nn.Module):
             present = torch.ones(B, device=tokens.device) if present is None else present.reshape(B).float()
             variants = [action, torch.zeros_like(action)]
             if keys:  # the camera part only, between the full action and none
-                cam = list(CAMERA_INDICES)
-                variants.insert(1, torch.zeros_like(action).index_copy(1, torch.tensor(cam, device=action.device),
-                                                                       action[:, cam]))
+                variants.insert(1, action * action.new_tensor(action_mask(has_keyboard=False)))
             n = len(variants)
             out, state2 = self.step(torch.cat([tokens] * n), torch.cat(variants), tuple(torch.cat([h] * n) for h in state),
                                     torch.cat([present] * (n - 1) + [torch.zeros_like(present)]), corruption,

@@ -261,11 +261,7 @@ def code_cross_entropy(logits, targets, label_smoothing=0.0, weight=None):
     if weight is None:
         return F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing)
     ce = F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing, reduction="none")
-    return weighted_mean(ce, weight.reshape(-1))
-
-
-def weighted_mean(x, weight):
-    return (x * weight).sum() / weight.sum()
+    return (ce * weight.reshape(-1)).sum() / weight.sum()
 
 
 def changed_weights(tokens, weight):

@@ -158,7 +158,7 @@ class ShiftModel(torch.nn.Module):
     def init_state(self, batch, device):
         return None
 
-    def step(self, tokens, action, state, guidance=1.0, sampled=False, one_shift=False):
+    def step(self, tokens, action, state, guidance=1.0, sampled=False, one_shift=False, key_guidance=None):
         out = []
         for x, a in zip(tokens, action):
             if self.respond:
