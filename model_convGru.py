@@ -153,6 +153,15 @@ def mixture_log_probs(logits, log_pi, cand, w):
     return logp.scatter(-1, cand, torch.where(first, new, new.detach()))
 
 
+def near_targets(targets, table, share):
+    """Soft targets for training's near_smoothing: targets [...] -> (codes [..., 1 + k], probs [1 + k]),
+    the target with 1 - share and each of its k nearest codes (table [K, k]) with share / k."""
+    k = table.shape[1]
+    codes = torch.cat([targets[..., None], table[targets]], -1)
+    probs = torch.tensor([1 - share] + [share / k] * k, device=targets.device)
+    return codes, probs
+
+
 class Mixture(NamedTuple):
     """copy_mixture's output before it is mixed, for the training loss: per cell the head's logits
     [..., K], log_pi [..., 3], the candidate codes cand [..., 1 + S] and their weights w [..., S]
@@ -167,13 +176,21 @@ class Mixture(NamedTuple):
     def log_probs(self):
         return mixture_log_probs(*self)
 
-    def nll(self, targets, weight=None):
+    def nll(self, targets, weight=None, near=None):
         """targets [...] -> mean over cells of -log p(target) (weighted by weight [...] if given); equals
-        the cross-entropy of log_probs()."""
+        the cross-entropy of log_probs(). near: (table [K, k], share), soft targets (near_targets)."""
         K = self.logits.shape[-1]
+        mass = torch.cat([self.log_pi[..., :1].exp(), self.log_pi[..., 1:2].exp() * self.w.float()], -1)
+        if near is not None:
+            codes, probs = near_targets(targets, *near)                                 # (..., J), (J,)
+            logits = self.logits.float()
+            gen = logits.gather(-1, codes) - torch.logsumexp(logits, -1, keepdim=True) + self.log_pi[..., 2:].float()
+            copied = (mass[..., None, :] * (self.cand[..., None, :] == codes[..., None])).sum(-1)   # (..., J)
+            logp = torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
+            cell = -(logp * probs).sum(-1)
+            return cell.mean() if weight is None else (cell * weight).sum() / weight.sum()
         gen = -F.cross_entropy(self.logits.reshape(-1, K).float(), targets.reshape(-1),
                                reduction="none").view(targets.shape) + self.log_pi[..., 2].float()
-        mass = torch.cat([self.log_pi[..., :1].exp(), self.log_pi[..., 1:2].exp() * self.w.float()], -1)
         copied = (mass * (self.cand == targets[..., None])).sum(-1)                 # copy mass on the target
         logp = torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
         return -logp.mean() if weight is None else -(logp * weight).sum() / weight.sum()

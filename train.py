@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import utils
 import validation
 from config import ConfigError, apply_overrides, build_parser, config_from_dict, format_config, load_yaml, opt
-from model_convGru import Mixture, WorldModel, WorldModelConfig, shift_labels
+from model_convGru import Mixture, WorldModel, WorldModelConfig, near_targets, shift_labels
 from sampling import Sampler
 
 
@@ -93,6 +93,10 @@ class TrainConfig:
     corruption_max: float = opt(0.3, "context corruption level ~ U(0, max) per window (fraction of tokens replaced)")
     action_dropout: float = opt(0.1, "probability an action is dropped (model sees 'no action'; enables guidance)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    near_smoothing: float = opt(0.0, "share of each target's probability spread evenly over its near_k nearest codes in the "
+                                "tokenizer's codebook (Euclidean on the code vectors): a near-duplicate of the true code "
+                                "counts partly right (0 = off; needs the tokenizer)")
+    near_k: int = opt(4, "near_smoothing's number of nearest codes")
     changed_weight: float = opt(1.0, "cross-entropy weight of the cells whose true code changes from frame t to t+1 "
                                 "(kept cells weigh 1; the loss is the weighted mean; 1 = the plain mean)")
     idm_weight: float = opt(0.5, "inverse-dynamics loss on true frame pairs")
@@ -252,16 +256,28 @@ def corrupt(tokens, level, K):
     return torch.where(hit, torch.randint_like(tokens, K), tokens)
 
 
-def code_cross_entropy(logits, targets, label_smoothing=0.0, weight=None):
+def code_cross_entropy(logits, targets, label_smoothing=0.0, weight=None, near=None):
     """logits [B, T, K, h, w] (codebook innermost in memory), targets [B, T, h, w] -> mean CE
     (weighted by weight [B, T, h, w] if given). Flattening with K last keeps the softmax on
-    contiguous memory (several times faster on CPU)."""
+    contiguous memory (several times faster on CPU). near: (table [K, k], share) spreads that share
+    of each target over its k nearest codes (near_codes)."""
     K = logits.shape[2]
     flat = logits.permute(0, 1, 3, 4, 2).reshape(-1, K).float()
-    if weight is None:
+    if near is not None:
+        codes, probs = near_targets(targets.reshape(-1), *near)
+        ce = -(torch.log_softmax(flat, -1).gather(-1, codes) * probs).sum(-1)
+    elif weight is None:
         return F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing)
-    ce = F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing, reduction="none")
-    return (ce * weight.reshape(-1)).sum() / weight.sum()
+    else:
+        ce = F.cross_entropy(flat, targets.reshape(-1), label_smoothing=label_smoothing, reduction="none")
+    return ce.mean() if weight is None else (ce * weight.reshape(-1)).sum() / weight.sum()
+
+
+def near_codes(vectors, k):
+    """Code vectors [K, d] -> [K, k]: each code's k nearest other codes (Euclidean), nearest first."""
+    dist = torch.cdist(vectors.float(), vectors.float())
+    dist.fill_diagonal_(float("inf"))
+    return dist.topk(k, dim=-1, largest=False).indices
 
 
 def changed_weights(tokens, weight):
@@ -280,6 +296,15 @@ class Objective(nn.Module):
         self.model, self.cfg = model, cfg
         self.sampler = Sampler(cfg.temperature, cfg.top_k, cfg.top_p, cfg.keep_above)
         self.tokenizer = tokenizer  # plain object, not a submodule: frozen, never in the state dict
+        self.near = None
+        if cfg.near_smoothing > 0:
+            if tokenizer is None:
+                raise SystemExit("train.py: --near_smoothing needs the tokenizer's code vectors; it was disabled with --tokenizer none")
+            if cfg.label_smoothing > 0:
+                raise SystemExit("train.py: --near_smoothing and --label_smoothing both spread the target; use one of them")
+            table = near_codes(tokenizer.code_vectors(), cfg.near_k).to(next(model.parameters()).device)
+            self.register_buffer("near_table", table, persistent=False)
+            self.near = cfg.near_smoothing
         # the copy mixture's loss is taken at the target codes only (Mixture.nll): the same value, less work
         self.mixture_loss = model.cfg.copy_prior and model.cfg.copy_mixture
         # compiled for training only (validation runs eager). Static shapes: the time loop is
@@ -354,13 +379,14 @@ class Objective(nn.Module):
         logits_tf, logits_ro, present = self.predict(tokens, actions, rollout, aux, parts)
         weight = changed_weights(tokens, cfg.changed_weight)
         w_tf, w_ro = (None, None) if weight is None else (weight[:, :T0], weight[:, T0:])
-        ce_tf = logits_tf.nll(tokens[:, 1:T0 + 1], w_tf) if parts else code_cross_entropy(
-            logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing, w_tf)
+        near = None if self.near is None else (self.near_table, self.near)
+        ce_tf = logits_tf.nll(tokens[:, 1:T0 + 1], w_tf, near) if parts else code_cross_entropy(
+            logits_tf, tokens[:, 1:T0 + 1], cfg.label_smoothing, w_tf, near)
         stats = {"loss/ce_tf": ce_tf.detach()}
         ce = ce_tf
         if rollout:
-            ce_ro = logits_ro.nll(tokens[:, T0 + 1:], w_ro) if parts else code_cross_entropy(
-                logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing, w_ro)
+            ce_ro = logits_ro.nll(tokens[:, T0 + 1:], w_ro, near) if parts else code_cross_entropy(
+                logits_ro, tokens[:, T0 + 1:], cfg.label_smoothing, w_ro, near)
             ce = (ce_tf * T0 + ce_ro * rollout) / (T0 + rollout)
             stats["loss/ce_rollout"] = ce_ro.detach()
             stats["loss/rollout_gap"] = (ce_ro - ce_tf).detach()

@@ -150,12 +150,25 @@ def test_codebook_mismatch_with_tokenizer(tmp_path):
         train.main(["--data", data, "--out", str(tmp_path / "o"), "--max_steps", "1", *TINY, "--tokenizer", tok_path])
 
 
-def tiny_objective(perceptual="off", codebook_size=K, **kw):
+def tiny_objective(perceptual="off", codebook_size=K, tokenizer=None, **kw):
     cfg = train.TrainConfig(embed_dim=8, hidden=16, action_hidden=16, idm_hidden=8, perceptual=perceptual, **kw)
     mcfg = train.WorldModelConfig(codebook_size=codebook_size, grid=GRID, action_dim=len(ACTION_NAMES),
                                   **{k: getattr(cfg, k) for k in train.MODEL_KEYS})
     torch.manual_seed(0)
-    return train.Objective(train.WorldModel(mcfg), cfg)
+    return train.Objective(train.WorldModel(mcfg), cfg, tokenizer)
+
+
+def loss_and_prediction(obj, tokens, actions):
+    """Move obj's weights off their initialisation, then (the training step's stats, the teacher-forced
+    logits [B, T-1, K, h, w]) for the same random draws."""
+    with torch.no_grad():
+        for p in obj.model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    torch.manual_seed(1)
+    _, stats = obj(tokens, actions, 0)
+    torch.manual_seed(1)
+    tf, _, _ = obj.predict(tokens, actions, 0)
+    return stats, tf.detach().float()
 
 
 def test_training_inputs_never_contain_future_frames():
@@ -196,14 +209,8 @@ def test_changed_weight_weighs_the_cells_whose_code_changes():
             obj = tiny_objective(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3,
                                  copy_motion="anchored_shift", changed_weight=w)
             obj.mixture_loss = fast
-            with torch.no_grad():
-                for p in obj.model.parameters():
-                    p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-            torch.manual_seed(1)
-            _, stats = obj(tokens, actions, 0)
-            torch.manual_seed(1)
-            tf, _, _ = obj.predict(tokens, actions, 0)                       # (B, 6, K, h, w)
-            nll = -tf.detach().float().log_softmax(2).gather(2, tokens[:, 1:, None]).squeeze(2)  # the mixture's log-probs
+            stats, tf = loss_and_prediction(obj, tokens, actions)             # tf: (B, 6, K, h, w)
+            nll = -tf.log_softmax(2).gather(2, tokens[:, 1:, None]).squeeze(2)  # the mixture's log-probs
             weight = 1 + (w - 1) * changed
             torch.testing.assert_close(stats["loss/ce_tf"], (nll * weight).sum() / weight.sum(), rtol=1e-5, atol=1e-6)
             ces[w] = (float(stats["loss/ce_tf"]), float((nll * changed).sum() / changed.sum()),
@@ -417,3 +424,46 @@ def test_shift_loss_trains_the_shift_choice():
         grad = obj.model.shift_choice.weight.grad
         assert ("loss/shift" in stats) == (weight > 0)
         assert (grad is not None and grad.abs().sum() > 1e-6) == (weight > 0)
+
+
+class CodeVectors:
+    """A stand-in tokenizer: only the code vectors near_smoothing reads."""
+
+    def __init__(self, k):
+        self.vectors = torch.randn(k, 4, generator=torch.Generator().manual_seed(3))
+
+    def code_vectors(self):
+        return self.vectors
+
+
+def test_near_smoothing_spreads_a_share_of_each_target_over_its_nearest_codes():
+    """--near_smoothing s: each cell's loss is (1 - s) x -log p(target) + s / k x the sum of -log p over the
+    target's k nearest codes (Euclidean on the tokenizer's code vectors), in the copy mixture's fast loss
+    and the full one, weighed with --changed_weight; it needs the tokenizer."""
+    vectors = CodeVectors(K).vectors
+    table = train.near_codes(vectors, 3)
+    order = torch.cdist(vectors, vectors).argsort(-1)
+    assert torch.equal(table, torch.stack([row[row != i][:3] for i, row in enumerate(order)]))  # nearest others first
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (2, 6, *GRID), generator=g)
+    tokens[:, 1:, :, :4] = tokens[:, :-1, :, :4]
+    actions = torch.randn(2, 5, len(ACTION_NAMES), generator=g)
+    changed = (tokens[:, 1:] != tokens[:, :-1]).float()
+    cfg = dict(copy_prior=True, copy_mixture=True, copy_shifts=2, shift_radius=3, copy_motion="anchored_shift",
+               changed_weight=2.0, near_smoothing=0.3, near_k=3)
+    for fast in (False, True):
+        obj = tiny_objective(tokenizer=CodeVectors(K), **cfg)
+        obj.mixture_loss = fast
+        stats, tf = loss_and_prediction(obj, tokens, actions)                 # tf: (B, 5, K, h, w)
+        logp = tf.log_softmax(2)
+        target = tokens[:, 1:]
+        own = -logp.gather(2, target[:, :, None]).squeeze(2)
+        near = -logp.gather(2, table[target].permute(0, 1, 4, 2, 3)).mean(2)  # (B, 5, h, w)
+        cell = 0.7 * own + 0.3 * near
+        weight = 1 + changed
+        torch.testing.assert_close(stats["loss/ce_tf"], (cell * weight).sum() / weight.sum(), rtol=1e-5, atol=1e-6)
+        assert abs(float(stats["loss/ce_tf"]) - float((own * weight).sum() / weight.sum())) > 0.05
+    with pytest.raises(SystemExit, match="near_smoothing needs"):
+        tiny_objective(**cfg)
+    with pytest.raises(SystemExit, match="use one of them"):
+        tiny_objective(tokenizer=CodeVectors(K), label_smoothing=0.1, **cfg)
