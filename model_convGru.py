@@ -179,21 +179,24 @@ class Mixture(NamedTuple):
     def nll(self, targets, weight=None, near=None):
         """targets [...] -> mean over cells of -log p(target) (weighted by weight [...] if given); equals
         the cross-entropy of log_probs(). near: (table [K, k], share), soft targets (near_targets)."""
-        K = self.logits.shape[-1]
-        mass = torch.cat([self.log_pi[..., :1].exp(), self.log_pi[..., 1:2].exp() * self.w.float()], -1)
-        if near is not None:
+        if near is None:
+            K = self.logits.shape[-1]
+            gen = -F.cross_entropy(self.logits.reshape(-1, K).float(), targets.reshape(-1),
+                                   reduction="none").view(targets.shape) + self.log_pi[..., 2].float()
+            cell = -self.with_copy_mass(gen[..., None], targets[..., None])[..., 0]
+        else:
             codes, probs = near_targets(targets, *near)                                 # (..., J), (J,)
             logits = self.logits.float()
             gen = logits.gather(-1, codes) - torch.logsumexp(logits, -1, keepdim=True) + self.log_pi[..., 2:].float()
-            copied = (mass[..., None, :] * (self.cand[..., None, :] == codes[..., None])).sum(-1)   # (..., J)
-            logp = torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
-            cell = -(logp * probs).sum(-1)
-            return cell.mean() if weight is None else (cell * weight).sum() / weight.sum()
-        gen = -F.cross_entropy(self.logits.reshape(-1, K).float(), targets.reshape(-1),
-                               reduction="none").view(targets.shape) + self.log_pi[..., 2].float()
-        copied = (mass * (self.cand == targets[..., None])).sum(-1)                 # copy mass on the target
-        logp = torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
-        return -logp.mean() if weight is None else -(logp * weight).sum() / weight.sum()
+            cell = -(self.with_copy_mass(gen, codes) * probs).sum(-1)
+        return cell.mean() if weight is None else (cell * weight).sum() / weight.sum()
+
+    def with_copy_mass(self, gen, codes):
+        """gen [..., J]: log of the head's share of codes [..., J] -> log p of those codes under the
+        whole mixture (the static and moved copies' mass added where a candidate is that code)."""
+        mass = torch.cat([self.log_pi[..., :1].exp(), self.log_pi[..., 1:2].exp() * self.w.float()], -1)
+        copied = (mass[..., None, :] * (self.cand[..., None, :] == codes[..., None])).sum(-1)   # (..., J)
+        return torch.where(copied > 0, torch.logaddexp(gen, copied.clamp_min(1e-30).log()), gen)
 
     def map(self, fn):
         return Mixture(*(fn(x) for x in self))
